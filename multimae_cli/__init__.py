@@ -1,0 +1,65 @@
+"""multimae: MultiMAE pretraining, fine-tuning, prediction and export, with modalities as plugins.
+
+The public API. Importing this package does not import torch; the model functions load it on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import ModelConfig
+from .errors import MultiMAEError
+from .hookspecs import hookimpl
+from .modality import (
+    AdapterContext,
+    ClassEmbeddingInput,
+    DecoderContext,
+    MaskedCrossEntropy,
+    MaskedL1,
+    MaskedMSE,
+    Modality,
+    PatchInput,
+    SpatialOutput,
+)
+
+if TYPE_CHECKING:
+    from .factory import create_model, create_objective
+    from .formats import load_model, save_model
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "formats",
+    "save_model": "formats",
+    "create_model": "factory",
+    "create_objective": "factory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AdapterContext",
+    "ClassEmbeddingInput",
+    "DecoderContext",
+    "MaskedCrossEntropy",
+    "MaskedL1",
+    "MaskedMSE",
+    "Modality",
+    "ModelConfig",
+    "MultiMAEError",
+    "PatchInput",
+    "SpatialOutput",
+    "__version__",
+    "create_model",
+    "create_objective",
+    "hookimpl",
+    "load_model",
+    "save_model",
+]

@@ -1,0 +1,48 @@
+"""The `multimae` command line: a thin Typer layer over the Python API.
+
+Bad input ends in one line, `error: ...`, and exit code 2; torch is imported only by commands that run a
+model, so `--help` and early errors are instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from ..errors import MultiMAEError
+from . import info, plugins
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="multimae",
+        help="MultiMAE: multi-modal multi-task masked autoencoders. Pretrain, fine-tune, predict, export.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    plugins.register(app)
+    info.register(app)
+    from ..registry import get_registry
+
+    get_registry().add_commands(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    try:
+        build_app()(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except MultiMAEError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

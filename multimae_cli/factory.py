@@ -1,0 +1,83 @@
+"""Build models and objectives from a `ModelConfig` and the registered modality plugins."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import ModelConfig
+from .errors import PluginError
+from .modality import AdapterContext, DecoderContext, Modality
+from .registry import Registry, get_registry
+
+if TYPE_CHECKING:
+    from .model.losses import PretrainObjective
+    from .model.multimae import MultiMAE
+
+
+def resolve_modalities(config: ModelConfig, registry: Registry | None = None) -> dict[str, Modality]:
+    """Every modality the config names (inputs, outputs and their sources), with channel overrides applied."""
+    registry = registry or get_registry()
+    names = list(dict.fromkeys([*config.inputs, *config.outputs]))
+    resolved: dict[str, Modality] = {}
+    for name in names:
+        modality = registry.modality(name)
+        if name in config.channels:
+            modality = modality.with_channels(config.channels[name])
+        resolved[name] = modality
+    return resolved
+
+
+def complete_config(config: ModelConfig, registry: Registry | None = None) -> ModelConfig:
+    """The config with every modality's channel count written out, so a saved file rebuilds alone."""
+    modalities = resolve_modalities(config, registry)
+    return config.replace(channels={name: m.channels for name, m in modalities.items()})
+
+
+def create_model(config: ModelConfig, registry: Registry | None = None) -> MultiMAE:
+    """A freshly initialised MultiMAE for `config`; `model.config` keeps the completed config."""
+    from .model.multimae import MultiMAE
+
+    config = complete_config(config, registry)
+    modalities = resolve_modalities(config, registry)
+    adapter_ctx = AdapterContext(config.patch_size, config.dim, config.image_size)
+    inputs = {}
+    for name in config.inputs:
+        modality = modalities[name]
+        if modality.input_adapter is None:
+            raise PluginError(f"modality {name!r} cannot be an input: its plugin gives no input adapter")
+        inputs[name] = modality.input_adapter(modality, adapter_ctx)
+    decoder_ctx = DecoderContext(
+        config.patch_size, config.dim, config.image_size, config.decoder_dim, config.decoder_depth,
+        config.decoder_num_heads, config.decoder_mlp_ratio, config.qkv_bias, tuple(config.inputs),
+        config.use_task_queries,
+    )
+    outputs = {}
+    for name in config.outputs:
+        modality = modalities[name]
+        if modality.output_adapter is None:
+            raise PluginError(f"modality {name!r} cannot be an output: its plugin gives no output adapter")
+        outputs[name] = modality.output_adapter(modality, decoder_ctx)
+    model = MultiMAE(
+        inputs, outputs, dim=config.dim, depth=config.depth, num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, num_global_tokens=config.num_global_tokens,
+        drop_path_rate=config.drop_path_rate, num_encoded_tokens=config.num_encoded_tokens,
+        alphas=config.alphas, sample_tasks_uniformly=config.sample_tasks_uniformly,
+    )
+    model.config = config
+    return model
+
+
+def create_objective(config: ModelConfig, weights: dict[str, float] | None = None,
+                     registry: Registry | None = None) -> PretrainObjective:
+    """The masked pretraining loss of every output modality, weighted (default weight 1)."""
+    from .model.losses import PretrainObjective
+
+    modalities = resolve_modalities(config, registry)
+    losses, sources = {}, {}
+    for name in config.outputs:
+        modality = modalities[name]
+        if modality.loss is None:
+            raise PluginError(f"modality {name!r} has no loss: its plugin cannot train it as an output")
+        losses[name] = modality.loss(modality, config.patch_size)
+        sources[name] = modality.source
+    return PretrainObjective(losses, sources, weights)

@@ -1,0 +1,117 @@
+"""Weights in and out: `load_model` reads native, official and timm files; `save_model` writes native."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CheckpointError, ConfigError
+from .native import config_from_metadata, is_safetensors, read_safetensors, write_native
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model.multimae import MultiMAE
+
+_LISTED = 6
+
+
+def save_model(model: MultiMAE, path: str | Path) -> None:
+    """Write `model` as a native checkpoint (safetensors + config), atomically."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise CheckpointError("this model has no .config: build it with create_model() or load_model()")
+    write_native(model.state_dict(), config, path)
+
+
+def read_checkpoint(path: str | Path, **overrides: Any):
+    """The state dict (official key names) of any supported file and the config that rebuilds its model."""
+    from .official import infer_config, is_timm_vit, read_torch_checkpoint, timm_to_official
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    args: dict[str, Any] = {}
+    config = None
+    if is_safetensors(path):
+        state_dict, metadata = read_safetensors(path)
+        config = config_from_metadata(metadata, path)
+    elif _looks_like_torch(path):
+        state_dict, args = read_torch_checkpoint(path)
+    else:
+        raise CheckpointError(f"{path}: not a checkpoint (neither safetensors nor a PyTorch .pth file)")
+    if is_timm_vit(state_dict):
+        state_dict = timm_to_official(state_dict)
+    if config is None:
+        try:
+            config = infer_config(state_dict, args, **overrides)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    elif overrides:
+        config = config.replace(**overrides)
+    return state_dict, config
+
+
+def load_model(path: str | Path, **overrides: Any) -> MultiMAE:
+    """Rebuild and load a model from a native `.safetensors`, an official MultiViT/MultiMAE `.pth` or a timm
+    ViT file. `overrides` change config fields: head counts the weights cannot tell (`num_heads=`,
+    `decoder_num_heads=`), a subset of `inputs`/`outputs` (other adapters' weights are left out), or
+    `image_size` (stored position grids are resampled bicubically, as the official fine-tuning does).
+    """
+    from ..factory import create_model
+
+    from ..config import ModelConfig
+
+    unknown = [key for key in overrides if key not in ModelConfig.model_fields]
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: unknown key (model config fields: "
+                          f"{', '.join(ModelConfig.model_fields)})")
+    state_dict, config = read_checkpoint(path, **overrides)
+    model = create_model(config)
+    if "inputs" in overrides or "outputs" in overrides:
+        state_dict = _drop_unused_adapters(state_dict, model)
+    load_weights(model, _resample_positions(state_dict, model), source=str(path))
+    return model
+
+
+def _looks_like_torch(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _drop_unused_adapters(state_dict: dict[str, torch.Tensor], model: MultiMAE) -> dict[str, torch.Tensor]:
+    keep = {f"input_adapters.{name}." for name in model.input_adapters}
+    keep |= {f"output_adapters.{name}." for name in model.output_adapters}
+    return {key: value for key, value in state_dict.items()
+            if not key.startswith(("input_adapters.", "output_adapters.")) or key.startswith(tuple(keep))}
+
+
+def _resample_positions(state_dict: dict[str, torch.Tensor], model: MultiMAE) -> dict[str, torch.Tensor]:
+    """Stored sin-cos grids of another resolution, resized to the model's (bicubic, align_corners=False)."""
+    import torch.nn.functional as F
+
+    own = model.state_dict()
+    out = dict(state_dict)
+    for key, value in state_dict.items():
+        if key.endswith(".pos_emb") and key in own and value.shape[:2] == own[key].shape[:2] \
+                and value.shape != own[key].shape:
+            out[key] = F.interpolate(value, size=own[key].shape[-2:], mode="bicubic", align_corners=False)
+    return out
+
+
+def load_weights(model: MultiMAE, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load exactly: every key present, none extra, every shape equal, or one error listing what differs."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    mismatched = [f"{key} {tuple(state_dict[key].shape)} vs model {tuple(own[key].shape)}"
+                  for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if keys:
+                more = f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else ""
+                parts.append(f"{label} ({len(keys)}): {', '.join(keys[:_LISTED])}{more}")
+        raise CheckpointError(f"{source} does not fit the model architecture: {'; '.join(parts)}")
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,153 @@
+"""The plugin manager: discovers plugins through the `multimae` entry-point group and looks modalities up.
+
+Built-in modalities are installed under that group exactly like a third party's. `MULTIMAE_LOAD_PLUGINS`
+(comma-separated entry-point names) restricts which plugins load; an empty value loads none. A plugin that
+fails to import or whose hook raises is reported in one line and left out; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, UnknownModalityError
+from .modality import Modality
+
+ENTRY_POINT_GROUP = "multimae"
+LOAD_ENV = "MULTIMAE_LOAD_PLUGINS"
+
+
+@dataclass
+class PluginInfo:
+    """What `multimae plugins` reports about one plugin."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    modalities: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == "multimae"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "source": "built-in" if self.builtin else (self.distribution or "registered in code"),
+            "version": self.version,
+            "modalities": self.modalities,
+            "error": self.error,
+        }
+
+
+class Registry:
+    """A pluggy manager plus the modalities its plugins registered."""
+
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self._modalities: dict[str, Modality] | None = None
+
+    def load_entry_points(self) -> None:
+        """Import and register every plugin of the entry-point group (respecting MULTIMAE_LOAD_PLUGINS)."""
+        wanted = os.environ.get(LOAD_ENV)
+        allowed = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
+        for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+            if allowed is not None and entry_point.name not in allowed:
+                continue
+            dist = entry_point.dist
+            info = PluginInfo(entry_point.name, entry_point.value, dist.name if dist else None,
+                              dist.version if dist else None)
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:  # a broken plugin must not take the others down
+                self._fail(info, f"failed to import: {type(exc).__name__}: {exc}")
+                continue
+            self._add(plugin, info)
+
+    def register(self, plugin: ModuleType | object, name: str | None = None) -> None:
+        """Register a plugin object or module from code, exactly as an entry point would."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        self._add(plugin, PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__)))
+
+    def unregister(self, name: str) -> None:
+        self.manager.unregister(name=name)
+        self.plugins.pop(name, None)
+        self._modalities = None
+
+    def _add(self, plugin: object, info: PluginInfo) -> None:
+        if info.name in self.plugins:
+            raise PluginError(f"a plugin named {info.name!r} is already registered")
+        self.manager.register(plugin, name=info.name)
+        self.plugins[info.name] = info
+        self._modalities = None
+
+    def _fail(self, info: PluginInfo, reason: str) -> None:
+        info.error = reason
+        self.plugins[info.name] = info
+        print(f"warning: plugin {info.name!r} {reason}", file=sys.stderr)
+
+    def modalities(self) -> dict[str, Modality]:
+        """Every registered modality by name (collected once, in plugin registration order)."""
+        if self._modalities is None:
+            found: dict[str, Modality] = {}
+            impls = self.manager.hook.register_modalities.get_hookimpls()
+            for impl in impls:  # pluggy lists them in registration order
+                info = self.plugins[impl.plugin_name]
+                added: list[Modality] = []
+                try:
+                    impl.function(**{arg: added.append for arg in impl.argnames})
+                except Exception as exc:
+                    self._fail(info, f"raised in register_modalities: {type(exc).__name__}: {exc}")
+                    continue
+                for modality in added:
+                    if not isinstance(modality, Modality):
+                        self._fail(info, f"registered {modality!r}, which is not a Modality")
+                    elif modality.name in found:
+                        self._fail(info, f"registers modality {modality.name!r}, already registered by another plugin")
+                    else:
+                        found[modality.name] = modality
+                        info.modalities.append(modality.name)
+            self._modalities = found
+        return self._modalities
+
+    def modality(self, name: str) -> Modality:
+        """The registered modality `name`, or an error listing the known ones."""
+        modalities = self.modalities()
+        if name not in modalities:
+            known = ", ".join(sorted(modalities)) or "none: no modality plugin is loaded"
+            raise UnknownModalityError(f"unknown modality {name!r} (registered: {known})")
+        return modalities[name]
+
+    def add_commands(self, app: Any) -> None:
+        """Let plugins add CLI commands."""
+        self.manager.hook.register_commands(app=app)
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, with entry-point plugins loaded on first use."""
+    global _registry
+    if _registry is None:
+        _registry = Registry()
+        _registry.load_entry_points()
+    return _registry
+
+
+def reset_registry() -> None:
+    """Forget the loaded plugins (tests; after changing MULTIMAE_LOAD_PLUGINS)."""
+    global _registry
+    _registry = None

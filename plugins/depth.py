@@ -1,0 +1,75 @@
+"""depth: one-channel depth maps, robustly standardised per sample (the official pretraining recipe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from multimae_cli import MaskedL1, Modality, PatchInput, SpatialOutput, hookimpl
+from multimae_cli.io import read_array, read_image, write_array, write_image
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+def read(path: Path) -> np.ndarray:
+    """(H, W) float32 in the file's units: a 16-bit (or 8-bit) single-channel PNG, or a `.npy` array."""
+    path = Path(path)
+    array = read_array(path) if path.suffix == ".npy" else read_image(path, color=False)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        from multimae_cli.errors import InputError
+
+        raise InputError(f"{path}: depth must have one channel, got shape {array.shape}")
+    return array.astype("float32")
+
+
+def write(path: Path, depth: np.ndarray) -> None:
+    """`.npy` keeps floats; image formats get the values rounded into 16 bits."""
+    import numpy as np
+
+    path = Path(path)
+    if path.suffix == ".npy":
+        write_array(path, depth.astype(np.float32))
+    else:
+        write_image(path, np.clip(np.rint(depth), 0, 65535).astype(np.uint16))
+
+
+def robust_standardize(depth: torch.Tensor, trim: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
+    """(d - mean) / sqrt(var + eps) per sample, mean and unbiased var over the 10-90 % quantile band.
+
+    Takes (C, H, W) or (B, C, H, W); scale- and shift-invariant, so any depth unit works.
+    """
+    single = depth.ndim == 3
+    batch = depth.unsqueeze(0) if single else depth
+    flat = batch.float().flatten(1)
+    n = flat.shape[1]
+    band = flat.sort(dim=1).values[:, int(trim * n): int((1 - trim) * n)]
+    mean = band.mean(dim=1).view(-1, 1, 1, 1)
+    var = band.var(dim=1).view(-1, 1, 1, 1)
+    out = (batch.float() - mean) / (var + eps).sqrt()
+    return out[0] if single else out
+
+
+def colorize(depth: torch.Tensor) -> np.ndarray:
+    """(1, H, W) depth (any scale) as a perceptual colour map (magma), near = bright, uint8 (H, W, 3)."""
+    import cv2
+    import numpy as np
+
+    values = depth.float().reshape(depth.shape[-2:]).cpu().numpy()
+    low, high = np.percentile(values, [2, 98])
+    scaled = 1.0 - np.clip((values - low) / max(high - low, 1e-8), 0, 1)
+    colored = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_MAGMA)
+    return cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
+
+
+@hookimpl
+def register_modalities(register):
+    register(Modality(
+        name="depth", channels=1, description="depth map, robustly standardised per sample",
+        input_adapter=PatchInput(pos_interpolation="bicubic"), output_adapter=SpatialOutput(), loss=MaskedL1(),
+        extensions=(".png", ".npy", ".tif", ".tiff", ".exr"), read=read, write=write,
+        interpolation="linear", normalize=robust_standardize, colorize=colorize,
+    ))

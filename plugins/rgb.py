@@ -1,0 +1,63 @@
+"""rgb: colour images, ImageNet-normalised; plus `norm_rgb`, the official extra per-patch-normalised target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from multimae_cli import MaskedMSE, Modality, PatchInput, SpatialOutput, hookimpl
+from multimae_cli.io import read_image, write_image
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def read(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; greyscale, 16-bit and 4-channel files are converted to 8-bit RGB by OpenCV."""
+    return read_image(path, color=True)
+
+
+def write(path: Path, image: np.ndarray) -> None:
+    write_image(path, image)
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) uint8 -> float, ImageNet mean/std."""
+    import torch
+
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    return (image.float() / 255.0 - mean) / std
+
+
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) normalised -> uint8 range [0, 255] as float."""
+    import torch
+
+    mean = torch.tensor(MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=image.device).view(3, 1, 1)
+    return ((image.float() * std + mean) * 255.0).clamp(0, 255)
+
+
+def colorize(image: torch.Tensor) -> np.ndarray:
+    """A normalised (3, H, W) prediction as a uint8 (H, W, 3) picture."""
+    return denormalize(image).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+@hookimpl
+def register_modalities(register):
+    register(Modality(
+        name="rgb", channels=3, description="colour image, ImageNet-normalised",
+        input_adapter=PatchInput(pos_interpolation="bicubic"), output_adapter=SpatialOutput(), loss=MaskedMSE(),
+        extensions=(".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"), read=read, write=write,
+        interpolation="cubic", normalize=normalize, denormalize=denormalize, colorize=colorize,
+    ))
+    register(Modality(
+        name="norm_rgb", channels=3, target="rgb",
+        description="rgb target normalised per patch (MAE norm-pix loss); an output only",
+        output_adapter=SpatialOutput(), loss=MaskedMSE(norm_pix=True),
+    ))

@@ -1,0 +1,75 @@
+"""semseg: semantic label maps (class ids), embedded per class, at 1/4 of the image resolution as officially.
+
+133 classes by default (the COCO panoptic classes of the official pseudo labels); a config's
+`channels: {semseg: N}` sets another count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from multimae_cli import ClassEmbeddingInput, MaskedCrossEntropy, Modality, SpatialOutput, hookimpl
+from multimae_cli.io import read_array, read_image, write_image
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+NUM_CLASSES = 133
+
+
+def read(path: Path) -> np.ndarray:
+    """(H, W) int64 class ids from a single-channel 8/16-bit PNG (palette PNGs give their indices) or `.npy`."""
+    from multimae_cli.errors import InputError
+
+    path = Path(path)
+    labels = read_array(path) if path.suffix == ".npy" else read_image(path, color=False)
+    if labels.ndim != 2:
+        raise InputError(f"{path}: a label map must have one channel, got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"{path}: a label map must hold integers, got {labels.dtype}")
+    return labels.astype("int64")
+
+
+def write(path: Path, labels: np.ndarray) -> None:
+    """8-bit PNG when every id fits, else 16-bit."""
+    import numpy as np
+
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+    write_image(path, labels.astype(dtype))
+
+
+def normalize(labels: torch.Tensor) -> torch.Tensor:
+    """Class ids as int64, shape (H, W)."""
+    return labels.long().reshape(labels.shape[-2:])
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """A fixed, well-spread colour per class id, (num_classes, 3) uint8."""
+    import numpy as np
+
+    ids = np.arange(num_classes)
+    colors = np.zeros((num_classes, 3), dtype=np.uint8)
+    for bit in range(8):  # the PASCAL VOC bit-interleaving palette
+        for channel in range(3):
+            colors[:, channel] |= (((ids >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
+    return colors
+
+
+def colorize(labels: torch.Tensor) -> np.ndarray:
+    """Class ids (H, W) or logits (K, H, W) as a uint8 (H, W, 3) picture."""
+    ids = labels.argmax(0) if labels.is_floating_point() and labels.ndim == 3 else labels.reshape(labels.shape[-2:])
+    ids = ids.long().cpu().numpy()
+    return palette(int(ids.max(initial=0)) + 1)[ids]
+
+
+@hookimpl
+def register_modalities(register):
+    register(Modality(
+        name="semseg", channels=NUM_CLASSES, kind="labels", stride=4,
+        description="semantic label map (class ids) at 1/4 resolution",
+        input_adapter=ClassEmbeddingInput(dim_class_emb=64), output_adapter=SpatialOutput(),
+        loss=MaskedCrossEntropy(), extensions=(".png", ".npy"), read=read, write=write,
+        interpolation="nearest", normalize=normalize, colorize=colorize,
+    ))
