@@ -34,7 +34,7 @@ def build_app() -> typer.Typer:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     try:
-        build_app()(args=argv, standalone_mode=False)
+        build_app()(args=argv, prog_name="multimae", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 from .native import config_from_metadata, is_safetensors, read_safetensors, write_native
 
@@ -26,20 +27,20 @@ def save_model(model: MultiMAE, path: str | Path) -> None:
 
 def read_checkpoint(path: str | Path, **overrides: Any):
     """The state dict (official key names) of any supported file and the config that rebuilds its model."""
-    from .official import infer_config, is_timm_vit, read_torch_checkpoint, timm_to_official
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if not is_safetensors(path) and not _looks_like_torch(path):
+        raise CheckpointError(f"{path}: not a checkpoint (neither safetensors nor a PyTorch .pth file)")
+    from .official import infer_config, is_timm_vit, read_torch_checkpoint, timm_to_official
+
     args: dict[str, Any] = {}
     config = None
     if is_safetensors(path):
         state_dict, metadata = read_safetensors(path)
         config = config_from_metadata(metadata, path)
-    elif _looks_like_torch(path):
-        state_dict, args = read_torch_checkpoint(path)
     else:
-        raise CheckpointError(f"{path}: not a checkpoint (neither safetensors nor a PyTorch .pth file)")
+        state_dict, args = read_torch_checkpoint(path)
     if is_timm_vit(state_dict):
         state_dict = timm_to_official(state_dict)
     if config is None:
@@ -59,8 +60,6 @@ def load_model(path: str | Path, **overrides: Any) -> MultiMAE:
     `image_size` (stored position grids are resampled bicubically, as the official fine-tuning does).
     """
     from ..factory import create_model
-
-    from ..config import ModelConfig
 
     unknown = [key for key in overrides if key not in ModelConfig.model_fields]
     if unknown:

@@ -59,7 +59,7 @@ class MultiMAE(nn.Module):
         self.sample_tasks_uniformly = sample_tasks_uniformly
         self.global_tokens = nn.Parameter(torch.zeros(1, num_global_tokens, dim))
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.encoder = nn.Sequential(
             *[Block(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=rate, norm_layer=norm_layer)
               for rate in rates]

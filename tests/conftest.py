@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("MULTIMAE_FIXTURES", REPO.parent / "shared" / "fixtures" / "official-compat"))
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    if not (FIXTURES / "tiny_multivit.pth").is_file():
+        pytest.skip(f"official-compat fixtures not found at {FIXTURES} (set MULTIMAE_FIXTURES)")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_io(fixture_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(fixture_dir / "tiny_io.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pth(fixture_dir) -> Path:
+    return fixture_dir / "tiny_multivit.pth"
+
+
+@pytest.fixture()
+def tiny_model(tiny_pth):
+    from multimae_cli import load_model
+
+    return load_model(tiny_pth).eval()
+
+
+def fixture_inputs(io, size: int = 64):
+    if size == 96:
+        return {"rgb": io["in96.rgb"], "semseg": io["in96.semseg"]}
+    return {"rgb": io["in.rgb"], "depth": io["in.depth"], "semseg": io["in.semseg"]}
+
+
+def fixture_masks(io):
+    return {name: io[f"mask.{name}"] for name in ("rgb", "depth", "semseg")}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `multimae ARGS` in a fresh interpreter, as a user would."""
+    return subprocess.run([sys.executable, "-m", "multimae_cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)

@@ -1,0 +1,134 @@
+"""Architecture: official key sets, position embeddings on any grid, timm interop, model API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import fixture_inputs
+from torch.testing import assert_close
+
+from multimae_cli import ModelConfig, create_model, create_objective
+from multimae_cli.model.layers import sincos_pos_embed_2d
+
+
+def read_key_listing(path):
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape, _dtype, *flag = line.split("\t")
+        rows[key] = (tuple(int(s) for s in shape.strip("[]").split(",") if s.strip()), flag[0] if flag else None)
+    return rows
+
+
+def test_base_preset_builds_the_official_351_keys(fixture_dir):
+    expected = read_key_listing(fixture_dir / "multivit_b_pretrain_keys.txt")
+    assert len(expected) == 351
+    with torch.device("meta"):
+        model = create_model(ModelConfig())
+    params = dict(model.named_parameters())
+    state = model.state_dict()
+    assert set(state) == set(expected)
+    for key, (shape, flag) in expected.items():
+        assert tuple(state[key].shape) == shape, key
+        assert params[key].requires_grad == (flag == "trainable"), key
+    assert sum(p.numel() for p in params.values()) == 98_569_360
+    assert sum(p.numel() for p in params.values() if p.requires_grad) == 97_917_072
+
+
+def test_tiny_fixture_keys(fixture_dir, tiny_model):
+    expected = read_key_listing(fixture_dir / "tiny_keys.txt")
+    state = tiny_model.state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {k: s for k, (s, _) in expected.items()}
+
+
+def test_sincos_layout_square_and_non_square():
+    emb = sincos_pos_embed_2d((3, 5), 16)
+    assert emb.shape == (1, 16, 3, 5)
+    omega = 1.0 / 10000 ** (torch.arange(4) / 4)
+    for i in range(3):
+        for j in range(5):
+            expected = torch.cat([torch.sin(i * omega), torch.cos(i * omega), torch.sin(j * omega), torch.cos(j * omega)])
+            assert_close(emb[0, :, i, j], expected)
+    # on square grids the rows are encoded first: transposing the grid swaps the two halves
+    square = sincos_pos_embed_2d((4, 4), 16)
+    assert_close(square.transpose(-1, -2)[:, :8], square[:, 8:])
+
+
+def test_non_square_images_and_global_token_last():
+    torch.manual_seed(0)
+    config = ModelConfig(inputs=("rgb", "depth"), outputs=("depth",), image_size=(32, 64), patch_size=16, dim=32,
+                         depth=1, num_heads=2, decoder_dim=16, decoder_depth=1, decoder_num_heads=2,
+                         num_encoded_tokens=6)
+    model = create_model(config).eval()
+    assert model.input_adapters["rgb"].pos_emb.shape[-2:] == (2, 4)
+    rgb, depth = torch.randn(2, 3, 32, 64), torch.randn(2, 1, 32, 64)
+    tokens = model.forward_features({"rgb": rgb, "depth": depth})
+    assert tokens.shape == (2, 2 * 8 + 1, 32)
+    rgb_only = model.forward_features({"rgb": rgb})
+    assert rgb_only.shape == (2, 9, 32)
+    preds, masks = model({"rgb": rgb, "depth": depth})
+    assert preds["depth"].shape == (2, 1, 32, 64) and masks["rgb"].shape == (2, 8)
+    # an image of another aspect: positions resampled at run time
+    preds, _ = model({"rgb": torch.randn(1, 3, 48, 48)}, num_encoded_tokens=4)
+    assert preds["depth"].shape == (1, 1, 48, 48)
+
+
+def test_no_weight_decay_and_layer_groups(tiny_model):
+    names = tiny_model.no_weight_decay()
+    assert {"global_tokens", "input_adapters.rgb.pos_emb", "input_adapters.semseg.class_emb.weight",
+            "output_adapters.depth.mask_token", "output_adapters.depth.task_embeddings.rgb"} <= names
+    params = dict(tiny_model.named_parameters())
+    assert names <= set(params)
+    assert tiny_model.get_num_layers() == 2
+    from timm.optim import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(tiny_model, weight_decay=0.05, no_weight_decay_list=names, layer_decay=0.75)
+    scales = sorted({group["lr_scale"] for group in groups})
+    assert len(scales) == 4  # stem, 2 blocks, decoders
+
+
+def test_timm_export_matches_forward_features(tiny_model, tiny_io):
+    """The rgb encoder as a timm ViT: same tokens (cls first) once timm's fresh final norm is bypassed."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from multimae_cli.formats.official import official_to_timm, timm_to_official
+
+    state = official_to_timm(tiny_model.state_dict())
+    vit = VisionTransformer(img_size=64, patch_size=16, embed_dim=96, depth=2, num_heads=3, num_classes=0).eval()
+    missing, unexpected = vit.load_state_dict(state, strict=False)
+    assert set(missing) == {"norm.weight", "norm.bias"} and not unexpected
+    vit.norm = torch.nn.Identity()
+    rgb = tiny_io["in.rgb"]
+    with torch.no_grad():
+        ours = tiny_model.forward_features({"rgb": rgb})
+        theirs = vit.forward_features(rgb)
+    assert_close(theirs[:, 1:], ours[:, :-1], atol=1e-5, rtol=1e-5)
+    assert_close(theirs[:, :1], ours[:, -1:], atol=1e-5, rtol=1e-5)
+    back = timm_to_official(state)
+    for key, value in back.items():
+        assert torch.equal(value, tiny_model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_presets_train_one_step(preset):
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(preset, image_size=32, depth=1, num_encoded_tokens=6)
+    model = create_model(config)
+    inputs = {"rgb": torch.randn(2, 3, 32, 32), "depth": torch.randn(2, 1, 32, 32),
+              "semseg": torch.randint(0, 133, (2, 8, 8))}
+    preds, masks = model(inputs)
+    total, losses = create_objective(config)(preds, inputs, masks)
+    total.backward()
+    assert set(losses) == {"rgb", "depth", "semseg", "norm_rgb"} and torch.isfinite(total)
+    assert model.encoder[0].attn.qkv.weight.grad is not None
+
+
+def test_fixture_forward_under_drop_path_is_stochastic_only_in_training(tiny_pth, tiny_io):
+    from multimae_cli import load_model
+
+    model = load_model(tiny_pth, drop_path_rate=0.5)
+    with torch.no_grad():
+        a = model.eval().forward_features(fixture_inputs(tiny_io))
+        b = model.eval().forward_features(fixture_inputs(tiny_io))
+    assert torch.equal(a, b)
