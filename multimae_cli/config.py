@@ -57,7 +57,8 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{field}: duplicate modality in {list(names)}")
         if any(size % self.patch_size for size in self.image_size):
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
-        for dim, heads, what in ((self.dim, self.num_heads, ""), (self.decoder_dim, self.decoder_num_heads, "decoder_")):
+        widths = ((self.dim, self.num_heads, ""), (self.decoder_dim, self.decoder_num_heads, "decoder_"))
+        for dim, heads, what in widths:
             if dim % heads:
                 raise ValueError(f"{what}dim {dim} is not divisible by {what}num_heads {heads}")
             if dim % 4:

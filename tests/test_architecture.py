@@ -48,7 +48,8 @@ def test_sincos_layout_square_and_non_square():
     omega = 1.0 / 10000 ** (torch.arange(4) / 4)
     for i in range(3):
         for j in range(5):
-            expected = torch.cat([torch.sin(i * omega), torch.cos(i * omega), torch.sin(j * omega), torch.cos(j * omega)])
+            row, col = i * omega, j * omega
+            expected = torch.cat([row.sin(), row.cos(), col.sin(), col.cos()])
             assert_close(emb[0, :, i, j], expected)
     # on square grids the rows are encoded first: transposing the grid swaps the two halves
     square = sincos_pos_embed_2d((4, 4), 16)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from multimae_cli import MaskedL1, ModelConfig, Modality, PatchInput, SpatialOutput, create_model, hookimpl
+from multimae_cli import MaskedL1, Modality, ModelConfig, PatchInput, SpatialOutput, create_model, hookimpl
 from multimae_cli.errors import UnknownModalityError
 from multimae_cli.registry import Registry
 

@@ -59,7 +59,7 @@ def timm_to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     the final `norm`, `fc_norm` and `head` are dropped (MultiMAE has no final norm).
     """
     pos = state_dict["pos_embed"]
-    side = int(round((pos.shape[1] - 1) ** 0.5))
+    side = round((pos.shape[1] - 1) ** 0.5)
     if side * side != pos.shape[1] - 1:
         raise CheckpointError(f"timm pos_embed with {pos.shape[1]} positions is not 1 cls + a square grid")
     out = {
