@@ -12,7 +12,7 @@ import click
 import typer
 
 from ..errors import MultiMAEError
-from . import info, plugins
+from . import data, info, plugins
 
 
 def build_app() -> typer.Typer:
@@ -25,6 +25,7 @@ def build_app() -> typer.Typer:
     )
     plugins.register(app)
     info.register(app)
+    data.register(app)
     from ..registry import get_registry
 
     get_registry().add_commands(app)

@@ -1,0 +1,93 @@
+"""`multimae data synth` and `multimae data check`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..errors import ConfigError
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`224` or `160x224` (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise ConfigError(f"--size: expected N or HxW, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 8:
+        raise ConfigError(f"--size: expected N or HxW of at least 8 pixels, got {text!r}")
+    return parts[0], parts[1]
+
+
+def parse_modalities(text: str) -> dict:
+    from ..registry import get_registry
+
+    registry = get_registry()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("--modalities: name at least one modality")
+    return {name: registry.modality(name) for name in names}
+
+
+def register(app: typer.Typer) -> None:
+    data = typer.Typer(help="Make and check multi-modal datasets.", no_args_is_help=True)
+    app.add_typer(data, name="data")
+
+    @data.command("synth")
+    def synth_command(
+        out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
+        n: int = typer.Option(100, "--n", help="Number of scenes."),
+        size: str = typer.Option("224", "--size", help="N or HxW."),
+        split: str = typer.Option("train", "--split"),
+        seed: int = typer.Option(0, "--seed"),
+        workers: int = typer.Option(1, "--workers", help="Render processes."),
+        preview: Path | None = typer.Option(None, "--preview", help="Also write a picture grid of samples."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of an existing split."),
+        quiet: bool = typer.Option(False, "--quiet"),
+    ) -> None:
+        """Render procedural 3-D scenes (rgb, depth, normals, semseg) into the folder layout."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        from ..data.synth_io import MODALITIES, write_preview, write_synthetic
+
+        hw = parse_size(size)
+        modalities = parse_modalities(",".join(MODALITIES))
+        if preview is not None and not preview.parent.is_dir():
+            raise ConfigError(f"--preview: folder {preview.parent} does not exist")
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), disable=quiet) as bar:
+            task = bar.add_task(f"rendering {split}", total=n)
+            write_synthetic(out, n, hw, modalities, split=split, seed=seed, workers=workers, overwrite=overwrite,
+                            progress=lambda k: bar.advance(task, k))
+        if preview is not None:
+            write_preview(preview, modalities, hw, split=split, seed=seed, count=min(n, 6))
+        if not quiet:
+            typer.echo(f"wrote {n} scenes to {out / split}" + (f", preview {preview}" if preview else ""))
+
+    @data.command("check")
+    def check_command(
+        root: Path = typer.Argument(..., help="Dataset folder (root/<split>/<modality>/...)."),
+        modalities: str = typer.Option("rgb,depth,semseg", "--modalities"),
+        split: list[str] = typer.Option(None, "--split", help="Check only this split (repeatable)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Check a dataset folder: pairing, readability, sizes, label ranges, NaN. Exit 0 only when clean."""
+        from ..data.check import check_dataset
+
+        report = check_dataset(root, parse_modalities(modalities), split or None)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            for name, result in report["splits"].items():
+                typer.echo(f"{name}: {result['samples']} samples, {len(result['problems'])} problem(s)")
+                for problem in result["problems"][:20]:
+                    typer.echo(f"  {problem}")
+                if len(result["problems"]) > 20:
+                    typer.echo(f"  ... and {len(result['problems']) - 20} more (see --json)")
+            typer.echo("clean" if report["clean"] else "problems found")
+        if not report["clean"]:
+            raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Datasets (synthetic scenes, multi-modal folders), shared transforms and loaders."""

@@ -1,0 +1,69 @@
+"""The synthetic-scene dataset (no disk), loaders and batch collation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..modality import Modality
+from .synthetic import render_scene
+
+
+class SyntheticDataset:
+    """`length` procedural scenes rendered on the fly at `render_size`, for the requested modalities.
+
+    Scene `i` is the same for every epoch (a fixed training set); the augmentation draws from
+    `(seed, epoch, i)`.
+    """
+
+    def __init__(self, modalities: Mapping[str, Modality], length: int, render_size: int | tuple[int, int],
+                 transform=None, seed: int = 0) -> None:
+        available = {"rgb", "depth", "normals", "semseg"}
+        unknown = [name for name in modalities if name not in available]
+        if unknown:
+            from ..errors import InputError
+
+            raise InputError(f"synthetic scenes have no {', '.join(unknown)} "
+                             f"(they render {', '.join(sorted(available))})")
+        self.modalities = dict(modalities)
+        self.length, self.render_size, self.transform = length, render_size, transform
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def read(self, index: int) -> dict[str, np.ndarray]:
+        scene = render_scene(self.seed, index, self.render_size)
+        return {name: scene[name] for name in self.modalities}
+
+    def __getitem__(self, index: int):
+        sample = self.read(index)
+        if self.transform is None:
+            return sample
+        return self.transform(sample, np.random.default_rng([self.seed, self.epoch, index]))
+
+
+def collate(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack a list of `{modality: tensor}` samples into one batch dict."""
+    return {name: torch.stack([sample[name] for sample in samples]) for name in samples[0]}
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool = True, workers: int = 0, seed: int = 0,
+                drop_last: bool = True, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader with a DistributedSampler when torch.distributed is initialised, else a seeded order."""
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+    if dist.is_available() and dist.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                      drop_last=drop_last, pin_memory=pin_memory, persistent_workers=workers > 0)

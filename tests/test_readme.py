@@ -1,0 +1,15 @@
+"""The README's self-contained Python example runs as written."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import REPO
+
+
+def test_readme_training_step_example():
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    example = next(block for block in blocks if "create_objective(config)" in block and "torch.randn(8" in block)
+    namespace: dict = {}
+    exec("import torch\nfrom multimae_cli import ModelConfig, create_model, create_objective\n" + example, namespace)
+    assert namespace["loss"].requires_grad and set(namespace["per_modality"]) == {"rgb", "depth"}
