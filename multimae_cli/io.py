@@ -18,14 +18,19 @@ def read_image(path: str | Path, color: bool) -> np.ndarray:
     import cv2
     import numpy as np
 
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our one-line error says it all
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR if color else cv2.IMREAD_UNCHANGED) if data.size else None
+    if path.suffix.lower() in (".jpg", ".jpeg") and data[-2:].tobytes() != b"\xff\xd9":
+        raise InputError(f"{path}: truncated JPEG (no end-of-image marker)")
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
+    flag = (rgb_flag or cv2.IMREAD_COLOR) if color else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(data, flag) if data.size else None
     if image is None:
         raise InputError(f"{path}: not a readable image (corrupt, truncated or of an unknown format)")
-    if color:
+    if color and rgb_flag is None:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
 

@@ -19,10 +19,12 @@ def read(path: Path) -> np.ndarray:
     array = read_array(path) if path.suffix == ".npy" else read_image(path, color=False)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    if array.ndim != 2:
-        from multimae_cli.errors import InputError
+    from multimae_cli.errors import InputError
 
+    if array.ndim != 2:
         raise InputError(f"{path}: depth must have one channel, got shape {array.shape}")
+    if array.dtype == "uint8":
+        raise InputError(f"{path}: 8-bit depth map; depth files must be 16-bit PNGs (or float .npy)")
     return array.astype("float32")
 
 
@@ -42,11 +44,19 @@ def robust_standardize(depth: torch.Tensor, trim: float = 0.1, eps: float = 1e-6
 
     Takes (C, H, W) or (B, C, H, W); scale- and shift-invariant, so any depth unit works.
     """
+    import torch
+
     single = depth.ndim == 3
     batch = depth.unsqueeze(0) if single else depth
     flat = batch.float().flatten(1)
     n = flat.shape[1]
-    band = flat.sort(dim=1).values[:, int(trim * n): int((1 - trim) * n)]
+    low, high = int(trim * n), int((1 - trim) * n)
+    if flat.device.type == "cpu":  # a partial sort (linear time) finds the same band as a full sort
+        import numpy as np
+
+        band = torch.from_numpy(np.partition(flat.numpy(), (low, high - 1), axis=1)[:, low:high])
+    else:
+        band = flat.sort(dim=1).values[:, low:high]
     mean = band.mean(dim=1).view(-1, 1, 1, 1)
     var = band.var(dim=1).view(-1, 1, 1, 1)
     out = (batch.float() - mean) / (var + eps).sqrt()

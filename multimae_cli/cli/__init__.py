@@ -35,7 +35,7 @@ def build_app() -> typer.Typer:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     try:
-        build_app()(args=argv, prog_name="multimae", standalone_mode=False)
+        code = build_app()(args=argv, prog_name="multimae", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -47,3 +47,5 @@ def main(argv: list[str] | None = None) -> None:
     except MultiMAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if isinstance(code, int) and code:  # typer.Exit(n) returns n when click is not in standalone mode
+        sys.exit(code)

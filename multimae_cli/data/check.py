@@ -49,7 +49,7 @@ def check_dataset(root: str | Path, modalities: Mapping[str, Modality], splits: 
                     problems.append(str(exc))
             if shapes:
                 ref_name, (_, (ref_h, ref_w)) = next(iter(shapes.items()))
-                for name, (path, (h, w)) in shapes.items():
+                for path, (h, w) in shapes.values():
                     if abs(h * ref_w - w * ref_h) > max(h, w):
                         problems.append(f"{path}: size {h}x{w} does not match {ref_name} ({ref_h}x{ref_w})")
         report["splits"][split] = {

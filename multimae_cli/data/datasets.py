@@ -53,6 +53,13 @@ def collate(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Te
     return {name: torch.stack([sample[name] for sample in samples]) for name in samples[0]}
 
 
+def _worker_init(_worker_id: int) -> None:
+    """One thread per worker: the workers already use every core, OpenCV's own pool would oversubscribe."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def make_loader(dataset, batch_size: int, *, shuffle: bool = True, workers: int = 0, seed: int = 0,
                 drop_last: bool = True, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader with a DistributedSampler when torch.distributed is initialised, else a seeded order."""
@@ -66,4 +73,5 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool = True, workers: int 
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      drop_last=drop_last, pin_memory=pin_memory, persistent_workers=workers > 0)
+                      drop_last=drop_last, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      worker_init_fn=_worker_init if workers > 0 else None)

@@ -145,7 +145,8 @@ def _normal(surface: Surface, points):
     local = points - p["center"]
     side = np.stack([local[:, 0], np.zeros_like(local[:, 1]), local[:, 2]], -1) / p["radius"]
     on_cap = (np.abs(local[:, 1]) < 1e-3) | (np.abs(local[:, 1] - p["height"]) < 1e-3)
-    cap = np.stack([np.zeros_like(local[:, 0]), np.where(local[:, 1] > p["height"] / 2, 1, -1), np.zeros_like(local[:, 0])], -1)
+    zero = np.zeros_like(local[:, 0])
+    cap = np.stack([zero, np.where(local[:, 1] > p["height"] / 2, 1, -1).astype(F32), zero], -1)
     inside = (local[:, 0] ** 2 + local[:, 2] ** 2) < (p["radius"] * (1 - 1e-3)) ** 2
     return np.where((on_cap | inside)[:, None], cap, side).astype(F32)
 

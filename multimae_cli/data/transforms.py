@@ -70,9 +70,8 @@ def to_tensor(array: np.ndarray, modality: Modality) -> torch.Tensor:
     """(H, W) labels stay (H, W) int64; dense data becomes (C, H, W)."""
     if modality.kind == "labels":
         return torch.from_numpy(np.ascontiguousarray(array).astype(np.int64))
-    array = np.ascontiguousarray(array)
-    tensor = torch.from_numpy(array[..., None] if array.ndim == 2 else array)
-    return tensor.permute(2, 0, 1)
+    channels_first = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(channels_first))
 
 
 class MultiModalTransform:

@@ -1,0 +1,102 @@
+"""rgb + depth + semseg training samples per second from disk, ours against a plain PIL + torchvision
+pipeline doing the same work (shared random resized crop and flip, bicubic rgb, bilinear depth, nearest
+semseg at 1/4, ImageNet normalisation, robust depth standardisation), same files, same run, 2 workers.
+Prints one JSON line.
+    python benchmarks/loader.py [--n 256] [--size 224] [--workers 2] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+
+class PilTorchvisionDataset:
+    """The reference pipeline: PIL decoding and torchvision.transforms.functional, as the official code."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.files = sorted((root / "rgb").rglob("*.png"))
+        self.root, self.size = root, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode, RandomResizedCrop
+
+        rel = self.files[index].relative_to(self.root / "rgb")
+        rgb = Image.open(self.files[index]).convert("RGB")
+        depth = Image.open(self.root / "depth" / rel)
+        semseg = Image.open(self.root / "semseg" / rel)
+        top, left, h, w = RandomResizedCrop.get_params(rgb, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
+        flip = random.random() < 0.5
+        size = [self.size, self.size]
+        rgb = TF.resized_crop(rgb, top, left, h, w, size, InterpolationMode.BICUBIC)
+        depth = torch.from_numpy(np.array(depth, dtype=np.float32))[None]
+        depth = TF.resized_crop(depth, top, left, h, w, size, InterpolationMode.BILINEAR, antialias=False)
+        semseg = TF.resized_crop(semseg, top, left, h, w, [self.size // 4] * 2, InterpolationMode.NEAREST)
+        if flip:
+            rgb, depth, semseg = TF.hflip(rgb), TF.hflip(depth), TF.hflip(semseg)
+        rgb = TF.normalize(TF.to_tensor(rgb), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        flat = depth.flatten().sort().values
+        band = flat[int(0.1 * len(flat)): int(0.9 * len(flat))]
+        depth = (depth - band.mean()) / (band.var() + 1e-6).sqrt()
+        return {"rgb": rgb, "depth": depth, "semseg": torch.from_numpy(np.array(semseg, dtype=np.int64))}
+
+
+def throughput(loader: DataLoader, epochs: int = 2) -> float:
+    for _ in loader:  # warm-up epoch: worker start, file cache
+        pass
+    start, count = time.perf_counter(), 0
+    for _ in range(epochs):
+        for batch in loader:
+            count += batch["rgb"].shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from multimae_cli.data.datasets import collate, make_loader
+    from multimae_cli.data.folder import FolderDataset
+    from multimae_cli.data.synth_io import MODALITIES, write_synthetic
+    from multimae_cli.data.transforms import MultiModalTransform
+    from multimae_cli.registry import get_registry
+
+    registry = get_registry()
+    all_modalities = {name: registry.modality(name) for name in MODALITIES}
+    modalities = {name: all_modalities[name] for name in ("rgb", "depth", "semseg")}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_synthetic(root, args.n, (256, 256), all_modalities, workers=args.workers)
+        ours = FolderDataset(root, modalities, transform=MultiModalTransform(modalities, args.size))
+        ours_rate = throughput(make_loader(ours, args.batch, workers=args.workers))
+        reference = PilTorchvisionDataset(root / "train", args.size)
+        reference_loader = DataLoader(reference, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+                                      collate_fn=collate, drop_last=True, persistent_workers=True)
+        reference_rate = throughput(reference_loader)
+    print(json.dumps({
+        "benchmark": "loader", "samples": args.n, "size": args.size, "workers": args.workers,
+        "ours_samples_per_s": round(ours_rate, 1), "pil_torchvision_samples_per_s": round(reference_rate, 1),
+        "speedup": round(ours_rate / reference_rate, 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
