@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -91,6 +91,149 @@ def build_config(cls: type[BaseModel], values: dict[str, Any]) -> Any:
         problems = []
         for error in exc.errors():
             key = ".".join(str(part) for part in error["loc"]) or "config"
-            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(f"{key}: {message}")
+            if error["type"] == "extra_forbidden":
+                problems.append(f"{key}: unknown key")
+            elif error["type"] == "value_error" and not error["loc"]:
+                problems.append(error["msg"].removeprefix("Value error, "))
+            else:
+                problems.append(f"{key}: {error['msg']}")
         raise ConfigError("; ".join(problems)) from None
+
+
+# ---------------------------------------------------------------- pretraining
+
+
+class DataConfig(BaseModel):
+    """Where training samples come from and how they are augmented."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["synthetic", "folder"] = "synthetic"
+    path: str | None = None
+    split: str = "train"
+    synthetic_scenes: int = 4096
+    render_size: int | None = None
+    workers: int = 2
+    skip_bad: bool = False
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: float = 0.5
+
+    @model_validator(mode="after")
+    def _path_for_folders(self) -> DataConfig:
+        if self.source == "folder" and not self.path:
+            raise ValueError("data.path: a folder dataset needs a path")
+        return self
+
+
+class OptimConfig(BaseModel):
+    """AdamW with a warmup + cosine schedule; `lr = blr * total_batch / 256` unless `lr` is given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    blr: float = 1e-4
+    lr: float | None = None
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    decay_everything: bool = False
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int | None = None
+    warmup_fraction: float = 0.025
+    clip_grad: float | None = None
+    accum_steps: int = 1
+
+
+class PretrainConfig(BaseModel):
+    """A whole pretraining run. `model` holds ModelConfig fields on top of `preset`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = "tiny"
+    model: dict[str, Any] = {"image_size": 64, "depth": 6}
+    norm_pix_target: bool = True
+    loss_weights: dict[str, float] = {}
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig(blr=8e-3)  # lr 5e-4 at batch 16: the tiny CPU recipe
+    batch_size: int = 16
+    steps: int | None = None
+    epochs: float | None = None
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    out_dir: str = "runs"
+    name: str | None = None
+    log_every: int = 10
+    checkpoint_every: int = 100
+    preview_every: int = 100
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        if self.steps is None and self.epochs is None:
+            self.steps = 800
+        self.model_config_resolved()
+        return self
+
+    def model_config_resolved(self) -> ModelConfig:
+        """The ModelConfig of this run: preset + overrides, norm_rgb added, a sixth of the tokens encoded."""
+        values = dict(self.model)
+        outputs = tuple(values.get("outputs", values.get("inputs", ModelConfig().inputs)))
+        if self.norm_pix_target and "rgb" in outputs and "norm_rgb" not in outputs:
+            outputs = (*outputs, "norm_rgb")
+        values["outputs"] = outputs
+        try:
+            config = ModelConfig.from_preset(self.preset, **{"num_encoded_tokens": 0, **values})
+            if "num_encoded_tokens" not in self.model:
+                grid = (config.image_size[0] // config.patch_size) * (config.image_size[1] // config.patch_size)
+                config = config.replace(num_encoded_tokens=max(1, round(len(config.inputs) * grid / 6)))
+        except ConfigError as exc:
+            raise ValueError("; ".join(f"model.{part}" for part in str(exc).split("; "))) from None
+        return config
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """`a.b=value` (value parsed as YAML) -> {"a": {"b": value}}."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value (e.g. optim.blr=1.5e-4)")
+    value: Any = yaml.safe_load(raw) if raw.strip() else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_pretrain_config(config_file: str | None = None, flags: dict[str, Any] | None = None,
+                         assignments: list[str] | None = None) -> PretrainConfig:
+    """Defaults < `config_file` (YAML) < `flags` < `--set a.b=value` assignments."""
+    import yaml
+
+    defaults = PretrainConfig.model_fields
+    values: dict[str, Any] = {"model": dict(defaults["model"].default),
+                              "optim": defaults["optim"].default.model_dump()}
+    if config_file:
+        from pathlib import Path
+
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping of keys")
+        values = _deep_merge(values, loaded)
+    values = _deep_merge(values, flags or {})
+    for assignment in assignments or []:
+        values = _deep_merge(values, parse_assignment(assignment))
+    return build_config(PretrainConfig, values)

@@ -14,10 +14,11 @@ if TYPE_CHECKING:
     from .model.multimae import MultiMAE
 
 
-def resolve_modalities(config: ModelConfig, registry: Registry | None = None) -> dict[str, Modality]:
-    """Every modality the config names (inputs, outputs and their sources), with channel overrides applied."""
+def resolve_modalities(config: ModelConfig, registry: Registry | None = None,
+                       names: list[str] | None = None) -> dict[str, Modality]:
+    """The modalities `names` (default: the config's inputs and outputs), with channel overrides applied."""
     registry = registry or get_registry()
-    names = list(dict.fromkeys([*config.inputs, *config.outputs]))
+    names = names or list(dict.fromkeys([*config.inputs, *config.outputs]))
     resolved: dict[str, Modality] = {}
     for name in names:
         modality = registry.modality(name)

@@ -12,7 +12,7 @@ import click
 import typer
 
 from ..errors import MultiMAEError
-from . import data, info, plugins
+from . import data, info, plugins, pretrain
 
 
 def build_app() -> typer.Typer:
@@ -23,6 +23,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+    pretrain.register(app)
     plugins.register(app)
     info.register(app)
     data.register(app)

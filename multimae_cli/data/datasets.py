@@ -60,13 +60,16 @@ def _worker_init(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def make_loader(dataset, batch_size: int, *, shuffle: bool = True, workers: int = 0, seed: int = 0,
+def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = True, workers: int = 0, seed: int = 0,
                 drop_last: bool = True, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader with a DistributedSampler when torch.distributed is initialised, else a seeded order."""
+    """A DataLoader with the given sampler, else a DistributedSampler when torch.distributed is initialised,
+    else a seeded order."""
     import torch.distributed as dist
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-    if dist.is_available() and dist.is_initialized():
+    if sampler is not None:
+        pass
+    elif dist.is_available() and dist.is_initialized():
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif shuffle:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))

@@ -11,13 +11,14 @@ from ..modality import Modality
 from .transforms import resize
 
 
-def preview_grid(rows: Sequence[Mapping[str, torch.Tensor]], modalities: Mapping[str, Modality],
+def preview_grid(rows: Sequence[Sequence[tuple[str, torch.Tensor]]], modalities: Mapping[str, Modality],
                  cell: tuple[int, int] | None = None, gap: int = 2) -> np.ndarray:
-    """A uint8 (H, W, 3) grid of model-space tensors (what `normalize` returns or a model predicts)."""
+    """A uint8 (H, W, 3) grid of model-space tensors (what `normalize` returns or a model predicts), each
+    given as (modality name, tensor) and drawn by that modality's `colorize`; others are left out."""
     pictures = []
     for row in rows:
         line = []
-        for name, tensor in row.items():
+        for name, tensor in row:
             colorize = modalities[name].colorize
             if colorize is None:
                 continue

@@ -80,6 +80,6 @@ def write_preview(path: str | Path, modalities: Mapping[str, Modality], size: tu
     rows = []
     for index in range(count):
         scene = render_scene(split_seed(seed, split), index, size)
-        rows.append({name: modalities[name].normalize(to_tensor(scene[name], modalities[name]))
-                     for name in MODALITIES})
+        rows.append([(name, modalities[name].normalize(to_tensor(scene[name], modalities[name])))
+                     for name in MODALITIES])
     write_image(path, preview_grid(rows, modalities))

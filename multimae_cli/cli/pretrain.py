@@ -1,0 +1,71 @@
+"""`multimae pretrain`: flags map onto the PretrainConfig; `--set a.b=value` reaches any key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..errors import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pretrain")
+    def pretrain_command(
+        modalities: str | None = typer.Option(None, "--modalities", help="Inputs and outputs, e.g. rgb,depth,semseg."),
+        config: Path | None = typer.Option(None, "--config", help="YAML file of PretrainConfig keys."),
+        assignments: list[str] = typer.Option(None, "--set", help="key=value, e.g. optim.blr=1.5e-4 (repeatable)."),
+        preset: str | None = typer.Option(None, "--preset", help="tiny | small | base | large."),
+        image_size: int | None = typer.Option(None, "--image-size"),
+        batch_size: int | None = typer.Option(None, "--batch-size"),
+        steps: int | None = typer.Option(None, "--steps"),
+        epochs: float | None = typer.Option(None, "--epochs"),
+        data: Path | None = typer.Option(None, "--data", help="Folder dataset root (default: synthetic scenes)."),
+        precision: str | None = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32."),
+        device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda."),
+        out_dir: Path | None = typer.Option(None, "--out", help="Folder of runs (default: runs)."),
+        name: str | None = typer.Option(None, "--name", help="Run name (default: pretrain-<time>)."),
+        seed: int | None = typer.Option(None, "--seed"),
+        resume: Path | None = typer.Option(None, "--resume", help="Continue runs/<name> exactly where it stopped."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+    ) -> None:
+        """Pretrain MultiMAE (default: the tiny preset on synthetic scenes, CPU-friendly)."""
+        from ..config import PretrainConfig, build_config, load_pretrain_config
+
+        flags: dict[str, Any] = {}
+        model: dict[str, Any] = {}
+        if modalities:
+            model["inputs"] = [m.strip() for m in modalities.split(",") if m.strip()]
+        if image_size is not None:
+            model["image_size"] = image_size
+        if model:
+            flags["model"] = model
+        if data is not None:
+            flags["data"] = {"source": "folder", "path": str(data)}
+        for key, value in (("preset", preset), ("batch_size", batch_size), ("steps", steps), ("epochs", epochs),
+                           ("precision", precision), ("device", device), ("name", name), ("seed", seed),
+                           ("out_dir", str(out_dir) if out_dir else None)):
+            if value is not None:
+                flags[key] = value
+        if resume is not None:
+            if flags or config or assignments:
+                raise ConfigError("--resume continues a run with its saved config.yaml; give no other settings")
+            import yaml
+
+            saved = resume / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"{saved}: no such file (is {resume} a run folder?)")
+            settings = build_config(PretrainConfig, yaml.safe_load(saved.read_text()))
+        else:
+            settings = load_pretrain_config(str(config) if config else None, flags, assignments)
+        from ..train.pretrain import pretrain
+
+        summary = pretrain(settings, resume=resume, quiet=quiet or as_json)
+        if as_json:
+            typer.echo(json.dumps(summary))
+        elif not quiet:
+            typer.echo(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
+                       f"{summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")

@@ -1,0 +1,1 @@
+"""Training loops and their machinery (distributed setup, checkpoints, optimisers)."""

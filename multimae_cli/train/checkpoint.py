@@ -1,0 +1,88 @@
+"""Run folders and resumable checkpoints, written so that a crash at any moment loses nothing written before.
+
+`runs/<name>/last/` holds `model.safetensors` (a native checkpoint: `multimae predict` and `load_model` read
+it) and `state.pt` (optimiser, schedule, scaler, RNG states, step: tensors and plain containers only, read
+back with `weights_only=True`). A new checkpoint is written into a temporary folder and swapped in by renames;
+until the swap completes the previous `last/` (or `last.prev/`) stays loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, ConfigError
+from ..formats import load_model, save_model
+from ..io import atomic_write_bytes
+
+LAST, PREVIOUS = "last", "last.prev"
+
+
+def create_run_dir(out_dir: str | Path, name: str) -> Path:
+    """A new run folder; an existing one is never reused silently."""
+    run = Path(out_dir) / name
+    if run.exists():
+        raise ConfigError(f"{run}: run folder already exists (pass --resume {run} to continue it, or another --name)")
+    run.mkdir(parents=True)
+    return run
+
+
+def save_checkpoint(run: Path, model, state: dict[str, Any]) -> Path:
+    """Write model + training state as `run/last/`, keeping the previous one until the new one is complete."""
+    tmp = Path(tempfile.mkdtemp(dir=run, prefix=".last-"))
+    try:
+        save_model(model, tmp / "model.safetensors")
+        torch.save(state, tmp / "state.pt")
+        last, previous = run / LAST, run / PREVIOUS
+        if previous.exists():
+            shutil.rmtree(previous)
+        if last.exists():
+            last.rename(previous)
+        tmp.rename(last)
+        if previous.exists():
+            shutil.rmtree(previous)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run / LAST
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """The newest complete checkpoint folder of a run."""
+    run = Path(run)
+    if not run.is_dir():
+        raise CheckpointError(f"{run}: no such run folder")
+    for name in (LAST, PREVIOUS):
+        folder = run / name
+        if (folder / "model.safetensors").is_file() and (folder / "state.pt").is_file():
+            return folder
+    raise CheckpointError(f"{run}: holds no complete checkpoint ({LAST}/ with model.safetensors and state.pt)")
+
+
+def load_checkpoint(folder: Path):
+    """(model, state) of a checkpoint folder."""
+    model = load_model(folder / "model.safetensors")
+    try:
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{folder / 'state.pt'}: unreadable training state ({type(exc).__name__})") from None
+    return model, state
+
+
+def append_metrics(run: Path, record: dict[str, Any]) -> None:
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(run: Path, last_step: int) -> None:
+    """Drop records logged after `last_step` (by a run that died after its last checkpoint)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())

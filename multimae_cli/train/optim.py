@@ -1,0 +1,34 @@
+"""AdamW with weight-decay groups and a warmup + cosine schedule, from timm."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+
+from ..config import OptimConfig
+
+
+def build_optimizer(model: torch.nn.Module, config: OptimConfig, lr: float, device: torch.device,
+                    layer_decay: float | None = None) -> torch.optim.Optimizer:
+    """AdamW. By default norms, biases, tokens and embeddings (`model.no_weight_decay()`) are not decayed;
+    `decay_everything` reproduces the official pretraining, which decays every parameter."""
+    extra = {}
+    if device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        extra["fused"] = True
+    return create_optimizer_v2(
+        model, opt="adamw", lr=lr, weight_decay=config.weight_decay, betas=config.betas, eps=config.eps,
+        filter_bias_and_bn=not config.decay_everything, layer_decay=layer_decay, **extra,
+    )
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int) -> CosineLRScheduler:
+    """Linear warmup from 0, then cosine to `min_lr`, per optimiser step (the official schedule)."""
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_fraction * total_steps)
+    warmup = min(warmup, max(total_steps - 1, 0))
+    return CosineLRScheduler(
+        optimizer, t_initial=max(total_steps - warmup, 1), lr_min=config.min_lr, warmup_t=warmup,
+        warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False,
+    )

@@ -1,0 +1,258 @@
+"""Multi-modal masked pretraining: the paper's run, on one CPU or many GPUs under torchrun.
+
+Every source of randomness is a function of the seed and the position in the run (data order and
+augmentation of (seed, epoch, index), masks of (seed, micro-batch)), so a resumed run continues bit for bit
+and N processes train exactly like one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import PretrainConfig
+from ..data.datasets import SyntheticDataset, make_loader
+from ..data.folder import FolderDataset
+from ..data.transforms import MultiModalTransform
+from ..errors import ConfigError, MultiMAEError
+from ..factory import create_model, create_objective, resolve_modalities
+from ..model.masking import random_masks
+from . import checkpoint as ckpt
+from .distributed import DistInfo, EpochSampler, average, setup, teardown
+from .optim import build_optimizer, build_schedule
+
+
+class TrainingStopped(MultiMAEError):
+    """The run stopped early (non-finite loss, interruption); its last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda requested but no CUDA GPU is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. `auto`: bf16 on GPUs that support it, fp32 on CPUs (where bf16
+    autocast is many times slower)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def build_dataset(config: PretrainConfig, modalities: dict, image_size: tuple[int, int], train: bool = True):
+    transform = MultiModalTransform(modalities, image_size, train=train, scale=config.data.crop_scale,
+                                    hflip=config.data.hflip)
+    if config.data.source == "synthetic":
+        render = config.data.render_size or image_size
+        return SyntheticDataset(modalities, config.data.synthetic_scenes, render, transform, seed=config.seed)
+    return FolderDataset(config.data.path, modalities, split=config.data.split, transform=transform,
+                         skip_bad=config.data.skip_bad, seed=config.seed)
+
+
+def micro_batch_masks(model_config, micro_batch: int, info: DistInfo, batch_size: int,
+                      device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """This rank's rows of the global micro-batch's masks, drawn from (seed, micro-batch) alone."""
+    grid = (model_config.image_size[0] // model_config.patch_size) * (model_config.image_size[1] // model_config.patch_size)
+    alphas = model_config.alphas
+    alphas = [alphas] * len(model_config.inputs) if isinstance(alphas, float) else list(alphas)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed * 2**32 + micro_batch)
+        masks = random_masks(batch_size * info.world, len(model_config.inputs), grid, model_config.num_encoded_tokens,
+                             alphas, model_config.sample_tasks_uniformly, device)
+    rows = masks[info.rank * batch_size:(info.rank + 1) * batch_size]
+    return dict(zip(model_config.inputs, rows.split(grid, dim=1), strict=True))
+
+
+def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path, device: torch.device) -> None:
+    """Input, masked input, every output's prediction and the ground truth, for two fixed samples."""
+    from ..data.preview import preview_grid
+    from ..io import write_image
+
+    model_config = model.config
+    fixed = MultiModalTransform(modalities, model_config.image_size, train=False)
+    samples = [fixed(dataset.read(i), np.random.default_rng(0)) for i in range(min(2, len(dataset)))]
+    batch = {name: torch.stack([s[name] for s in samples]).to(device) for name in modalities}
+    inputs = {name: batch[name] for name in model_config.inputs}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        preds, masks = model(inputs)
+    model.train(was_training)
+    gh, gw = model_config.image_size[0] // model_config.patch_size, model_config.image_size[1] // model_config.patch_size
+    rows = []
+    for i in range(len(samples)):
+        row = []
+        for name in model_config.inputs:
+            data = batch[name][i]
+            keep = 1 - masks[name][i].view(gh, gw).to(data.dtype if data.is_floating_point() else torch.long)
+            keep = keep.repeat_interleave(data.shape[-2] // gh, 0).repeat_interleave(data.shape[-1] // gw, 1)
+            row.append((name, data * keep))
+        row += [(name, preds[name][i].float()) for name in model_config.outputs]
+        row += [(name, batch[name][i]) for name in modalities]
+        rows.append(row)
+    drawable = {**resolve_modalities(model_config), **modalities}
+    scale = max(1, 128 // max(model_config.image_size))  # small images are drawn at least 128 px wide
+    cell = (model_config.image_size[0] * scale, model_config.image_size[1] * scale)
+    write_image(path, preview_grid(rows, drawable, cell=cell))
+
+
+def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run (or resume) a pretraining run; returns a summary. Writes `runs/<name>/` on rank 0."""
+    device = resolve_device(config.device)
+    info = setup(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _run(config, resume, quiet, device, info)
+    finally:
+        teardown()
+
+
+def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    model_config = config.model_config_resolved()
+    state: dict[str, Any] = {}
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    if resume is not None:
+        run = Path(resume)
+        model, state = ckpt.load_checkpoint(ckpt.find_checkpoint(run))
+        if info.is_main:
+            ckpt.truncate_metrics(run, state["step"])
+    else:
+        model = create_model(model_config)
+        name = config.name or time.strftime("pretrain-%Y%m%d-%H%M%S")
+        run = Path(config.out_dir) / name
+        if info.is_main:
+            run = ckpt.create_run_dir(config.out_dir, name)
+            import yaml
+
+            (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+            (run / "previews").mkdir()
+    model_config = model.config
+    model.to(device).train()
+    objective = create_objective(model_config, config.loss_weights).to(device)
+
+    outputs = resolve_modalities(model_config)
+    data_names = list(dict.fromkeys([*model_config.inputs, *(outputs[o].source for o in model_config.outputs)]))
+    modalities = resolve_modalities(model_config, names=data_names)
+    dataset = build_dataset(config, modalities, model_config.image_size)
+    accum = config.optim.accum_steps
+    sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
+    loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=config.data.workers,
+                         pin_memory=device.type == "cuda")
+    total_steps = config.steps or max(1, math.ceil(config.epochs * sampler.batches_per_epoch / accum))
+    total_batch = config.batch_size * accum * info.world
+    lr = config.optim.lr or config.optim.blr * total_batch / 256
+    optimizer = build_optimizer(model, config.optim, lr, device)
+    schedule = build_schedule(optimizer, config.optim, total_steps)
+    dtype = resolve_precision(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+    step = int(state.get("step", 0))
+
+    trained = model
+    if info.world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                            else None)
+    if config.compile and hasattr(torch, "compile"):
+        trained = torch.compile(trained)
+
+    def save() -> None:
+        if info.is_main:
+            ckpt.save_checkpoint(run, model, {
+                "step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            })
+        if info.world > 1:
+            dist.barrier()
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[stats]}"),
+                   TimeRemainingColumn(), disable=quiet or not info.is_main)
+    task = bar.add_task("pretrain", total=total_steps, completed=step, stats="")
+    window: dict[str, list[float]] = {}
+    window_start, window_images = time.perf_counter(), 0
+    first_loss = last_record = None
+    micro = step * accum
+    with bar:
+        try:
+            while step < total_steps:
+                epoch, start_batch = divmod(micro, sampler.batches_per_epoch)
+                sampler.set_epoch(epoch, start_batch)
+                dataset.set_epoch(epoch)
+                for batch in loader:
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
+                    inputs = {name: batch[name] for name in model_config.inputs}
+                    last_micro = (micro + 1) % accum == 0
+                    accumulating = info.world > 1 and not last_micro  # DDP: all-reduce once per update
+                    with trained.no_sync() if accumulating else contextlib.nullcontext():
+                        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                            preds, masks = trained(inputs, task_masks=masks)
+                        loss, parts = objective(preds, batch, masks)
+                        scaler.scale(loss / accum).backward()
+                    micro += 1
+                    values = {"loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()}}
+                    if not math.isfinite(values["loss"]):
+                        detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in values.items() if k != "loss")
+                        raise TrainingStopped(f"non-finite loss at step {step + 1}: {detail}; the last good "
+                                              f"checkpoint is kept in {run}")
+                    for key, value in values.items():
+                        window.setdefault(key, []).append(value)
+                    window_images += config.batch_size * info.world
+                    if not last_micro:
+                        continue
+                    schedule.step_update(step)
+                    if config.optim.clip_grad:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    if step % config.log_every == 0 or step == total_steps:
+                        record = average({k: sum(v) / len(v) for k, v in window.items()}, info, device)
+                        elapsed = time.perf_counter() - window_start
+                        record = {"step": step, **record, "lr": optimizer.param_groups[0]["lr"],
+                                  "img_per_s": window_images / elapsed}
+                        first_loss = first_loss if first_loss is not None else record["loss"]
+                        last_record = record
+                        if info.is_main:
+                            ckpt.append_metrics(run, record)
+                        bar.update(task, completed=step, stats=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                                                              f"{record['img_per_s']:.1f} img/s")
+                        window, window_start, window_images = {}, time.perf_counter(), 0
+                    else:
+                        bar.update(task, completed=step)
+                    if info.is_main and config.preview_every and (step % config.preview_every == 0 or step == total_steps):
+                        preview(model, dataset, config, modalities, run / "previews" / f"step-{step:06d}.png", device)
+                    if step % config.checkpoint_every == 0 or step == total_steps:
+                        save()
+                    if step == total_steps:
+                        break
+        except KeyboardInterrupt:
+            micro = step * accum
+            save()
+            raise TrainingStopped(f"interrupted at step {step}; checkpoint saved, continue with "
+                                  f"`multimae pretrain --resume {run}`") from None
+    return {"run": str(run), "steps": step, "first_loss": first_loss,
+            "final_loss": last_record["loss"] if last_record else None,
+            "img_per_s": last_record["img_per_s"] if last_record else None,
+            "checkpoint": str(run / ckpt.LAST / "model.safetensors")}
