@@ -25,6 +25,7 @@ from .modality import (
 if TYPE_CHECKING:
     from .factory import create_model, create_objective
     from .formats import load_model, save_model
+    from .train.pretrain import pretrain
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ _LAZY = {
     "save_model": "formats",
     "create_model": "factory",
     "create_objective": "factory",
+    "pretrain": "train.pretrain",
 }
 
 
@@ -61,5 +63,6 @@ __all__ = [
     "create_objective",
     "hookimpl",
     "load_model",
+    "pretrain",
     "save_model",
 ]

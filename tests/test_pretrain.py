@@ -1,0 +1,195 @@
+"""Pretraining runs: exact resume after kill -9, DDP equals one process, config precedence, NaN guard,
+crash-safe checkpoints, a falling loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+
+from multimae_cli.config import PretrainConfig, load_pretrain_config
+from multimae_cli.errors import ConfigError
+from multimae_cli.formats import load_model
+from multimae_cli.train import checkpoint as ckpt
+from multimae_cli.train import pretrain as pretrain_module
+from multimae_cli.train.pretrain import TrainingStopped, pretrain
+
+TINY = {"model": {"image_size": 32, "depth": 2, "dim": 64, "num_heads": 2, "decoder_dim": 32,
+                  "decoder_num_heads": 2, "decoder_depth": 1, "inputs": ["rgb", "depth", "semseg"]},
+        "data": {"synthetic_scenes": 64, "workers": 0}, "optim": {"lr": 2e-3}, "batch_size": 4, "log_every": 2, "checkpoint_every": 4,
+        "preview_every": 0, "device": "cpu"}
+
+
+def tiny(tmp_path: Path, **changes) -> PretrainConfig:
+    values = json.loads(json.dumps(TINY))
+    values.update(out_dir=str(tmp_path / "runs"), **changes)
+    return PretrainConfig.model_validate(values)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_model(run / "last" / "model.safetensors").state_dict()
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_run_folder_is_complete(tmp_path):
+    summary = pretrain(tiny(tmp_path, name="falls", steps=40, log_every=10, preview_every=20), quiet=True)
+    run = Path(summary["run"])
+    records = metrics(run)
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert records[-1]["loss"] < 0.8 * records[0]["loss"], records
+    assert {"loss", "loss/rgb", "loss/depth", "loss/semseg", "loss/norm_rgb", "lr", "img_per_s"} <= set(records[0])
+    assert (run / "config.yaml").is_file() and sorted(p.name for p in (run / "previews").iterdir()) == [
+        "step-000020.png", "step-000040.png"]
+    model = load_model(summary["checkpoint"])
+    assert model.config.outputs == ("rgb", "depth", "semseg", "norm_rgb") and model.config.image_size == (32, 32)
+    with pytest.raises(ConfigError, match="run folder already exists"):
+        pretrain(tiny(tmp_path, name="falls", steps=2), quiet=True)
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    config = tiny(tmp_path, name="whole", steps=12)
+    pretrain(config, quiet=True)
+    reference = weights(tmp_path / "runs" / "whole")
+
+    killed = tmp_path / "runs" / "killed"
+    args = ["pretrain", "--quiet", "--name", "killed", "--out", str(tmp_path / "runs")]
+    for key, value in (("model", TINY["model"]), ("data", TINY["data"]), ("optim", TINY["optim"])):
+        args += [item for k, v in value.items() for item in ("--set", f"{key}.{k}={json.dumps(v)}")]
+    args += ["--set", "batch_size=4", "--set", "log_every=2", "--set", "checkpoint_every=4", "--set", "preview_every=0",
+             "--steps", "12", "--device", "cpu"]
+    process = subprocess.Popen([sys.executable, "-m", "multimae_cli", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        folder = killed / "last"
+        if (folder / "state.pt").is_file() and torch.load(folder / "state.pt", weights_only=True)["step"] >= 4:
+            break
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    stopped_at = torch.load(ckpt.find_checkpoint(killed) / "state.pt", weights_only=True)["step"]
+    assert 4 <= stopped_at < 12
+    pretrain(PretrainConfig.model_validate(__import__("yaml").safe_load((killed / "config.yaml").read_text())),
+             resume=killed, quiet=True)
+    resumed = weights(killed)
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    assert [r["step"] for r in metrics(killed)] == list(range(2, 13, 2))
+    assert [r["loss"] for r in metrics(killed)] == [r["loss"] for r in metrics(tmp_path / "runs" / "whole")]
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    """2 gloo processes x batch 4 against 1 process x batch 8: losses within 1e-5 relative, weights 1e-5."""
+    pretrain(tiny(tmp_path, name="single", steps=6, batch_size=8), quiet=True)
+    args = ["--set", f"model={json.dumps(TINY['model'])}", "--set", f"data={json.dumps(TINY['data'])}",
+            "--set", f"optim={json.dumps(TINY['optim'])}",
+            "--set", "batch_size=4", "--set", "log_every=2", "--set", "checkpoint_every=6",
+            "--set", "preview_every=0", "--steps", "6", "--device", "cpu"]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "multimae_cli", "pretrain", "--quiet", "--name", "ddp", "--out", str(tmp_path / "runs"), *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, ddp = metrics(tmp_path / "runs" / "single"), metrics(tmp_path / "runs" / "ddp")
+    assert [r["step"] for r in ddp] == [2, 4, 6]
+    for a, b in zip(single, ddp, strict=True):
+        for key in ("loss", "loss/rgb", "loss/depth", "loss/semseg", "loss/norm_rgb"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    one, two = weights(tmp_path / "runs" / "single"), weights(tmp_path / "runs" / "ddp")
+    for key in one:
+        a, b = without_key_bias(key, one[key]), without_key_bias(key, two[key])
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def without_key_bias(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Attention key biases have an exactly zero gradient (softmax ignores a shift shared by all keys), so Adam
+    turns their rounding noise into +-lr steps that differ between any two summation orders; leave them out."""
+    if key.endswith("qkv.bias"):
+        third = tensor.shape[0] // 3
+        return torch.cat([tensor[:third], tensor[2 * third:]])
+    if key.endswith(".kv.bias"):
+        return tensor[tensor.shape[0] // 2:]
+    return tensor
+
+
+def test_config_precedence_and_unknown_keys(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("batch_size: 8\nsteps: 30\noptim:\n  blr: 1.0\n  min_lr: 0.5\nmodel:\n  dim: 96\n")
+    config = load_pretrain_config(str(file), {"batch_size": 4}, ["optim.blr=2.0", "model.depth=3"])
+    assert config.batch_size == 4 and config.steps == 30  # flag beats file; file beats default
+    assert config.optim.blr == 2.0 and config.optim.min_lr == 0.5  # --set beats file; siblings kept
+    resolved = config.model_config_resolved()
+    assert (resolved.dim, resolved.depth, resolved.image_size) == (96, 3, (64, 64))  # default image size kept
+    assert resolved.num_encoded_tokens == 8  # a sixth of 3 x 16 tokens
+    file.write_text("optim:\n  blrr: 1.0\n")
+    with pytest.raises(ConfigError, match=r"optim\.blrr: unknown key"):
+        load_pretrain_config(str(file))
+    with pytest.raises(ConfigError, match=r"model\.dimm: unknown key"):
+        load_pretrain_config(assignments=["model.dimm=3"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_pretrain_config(assignments=["optim.blr"])
+    with pytest.raises(ConfigError, match="batch_size: Input should be a valid integer"):
+        load_pretrain_config(flags={"batch_size": "many"})
+    result = run_cli("pretrain", "--set", "optim.warmup=3")
+    assert result.returncode == 2 and result.stderr.strip() == "error: optim.warmup: unknown key"
+    result = run_cli("pretrain", "--modalities", "rgb,lidar", "--steps", "1")
+    assert result.returncode == 2 and "unknown modality 'lidar'" in result.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = pretrain_module.create_objective
+
+    def poisoned(*args, **kwargs):
+        objective = real(*args, **kwargs)
+        calls = {"n": 0}
+        forward = objective.forward
+
+        def forward_with_nan(preds, targets, masks=None):
+            calls["n"] += 1
+            total, parts = forward(preds, targets, masks)
+            if calls["n"] == 6:
+                parts["depth"] = parts["depth"] * float("nan")
+                total = total + parts["depth"]
+            return total, parts
+
+        objective.forward = forward_with_nan
+        return objective
+
+    monkeypatch.setattr(pretrain_module, "create_objective", poisoned)
+    with pytest.raises(TrainingStopped, match=r"non-finite loss at step 6: rgb [\d.]+, depth nan, semseg [\d.]+"):
+        pretrain(tiny(tmp_path, name="nan", steps=12), quiet=True)
+    folder = ckpt.find_checkpoint(tmp_path / "runs" / "nan")
+    assert torch.load(folder / "state.pt", weights_only=True)["step"] == 4
+    assert all(torch.isfinite(v).all() for v in load_model(folder / "model.safetensors").state_dict().values())
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    real_save = torch.save
+    saves = {"n": 0}
+
+    def failing_save(obj, path, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            Path(path).write_bytes(b"half a file")
+            raise OSError("disk full")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        pretrain(tiny(tmp_path, name="crash", steps=12), quiet=True)
+    run = tmp_path / "runs" / "crash"
+    folder = ckpt.find_checkpoint(run)
+    assert torch.load(folder / "state.pt", weights_only=True)["step"] == 4
+    load_model(folder / "model.safetensors")
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
