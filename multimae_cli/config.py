@@ -71,6 +71,11 @@ class ModelConfig(BaseModel):
             raise ValueError(f"alphas: {len(self.alphas)} values for {len(self.inputs)} inputs")
         return self
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Tokens per modality along height and width."""
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> ModelConfig:
         """A preset (`tiny`, `small`, `base`, `large`) with fields overridden."""
@@ -184,8 +189,8 @@ class PretrainConfig(BaseModel):
         try:
             config = ModelConfig.from_preset(self.preset, **{"num_encoded_tokens": 0, **values})
             if "num_encoded_tokens" not in self.model:
-                grid = (config.image_size[0] // config.patch_size) * (config.image_size[1] // config.patch_size)
-                config = config.replace(num_encoded_tokens=max(1, round(len(config.inputs) * grid / 6)))
+                tokens = len(config.inputs) * config.grid[0] * config.grid[1]
+                config = config.replace(num_encoded_tokens=max(1, round(tokens / 6)))
         except ConfigError as exc:
             raise ValueError("; ".join(f"model.{part}" for part in str(exc).split("; "))) from None
         return config

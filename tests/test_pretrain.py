@@ -24,8 +24,8 @@ from multimae_cli.train.pretrain import TrainingStopped, pretrain
 
 TINY = {"model": {"image_size": 32, "depth": 2, "dim": 64, "num_heads": 2, "decoder_dim": 32,
                   "decoder_num_heads": 2, "decoder_depth": 1, "inputs": ["rgb", "depth", "semseg"]},
-        "data": {"synthetic_scenes": 64, "workers": 0}, "optim": {"lr": 2e-3}, "batch_size": 4, "log_every": 2, "checkpoint_every": 4,
-        "preview_every": 0, "device": "cpu"}
+        "data": {"synthetic_scenes": 64, "workers": 0}, "optim": {"lr": 2e-3}, "batch_size": 4, "log_every": 2,
+        "checkpoint_every": 4, "preview_every": 0, "device": "cpu"}
 
 
 def tiny(tmp_path: Path, **changes) -> PretrainConfig:
@@ -193,3 +193,14 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     assert torch.load(folder / "state.pt", weights_only=True)["step"] == 4
     load_model(folder / "model.safetensors")
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+@pytest.mark.parametrize("name", ["pretrain-tiny-cpu.yaml", "pretrain-official-vitb.yaml"])
+def test_example_configs_are_valid(name):
+    from conftest import REPO
+
+    config = load_pretrain_config(str(REPO / "examples" / "configs" / name))
+    model = config.model_config_resolved()
+    assert model.inputs == ("rgb", "depth", "semseg") and model.outputs[-1] == "norm_rgb"
+    if "official" in name:
+        assert (model.dim, model.num_encoded_tokens, config.epochs, config.batch_size) == (768, 98, 1600, 256)

@@ -59,7 +59,7 @@ def build_dataset(config: PretrainConfig, modalities: dict, image_size: tuple[in
 def micro_batch_masks(model_config, micro_batch: int, info: DistInfo, batch_size: int,
                       device: torch.device, seed: int) -> dict[str, torch.Tensor]:
     """This rank's rows of the global micro-batch's masks, drawn from (seed, micro-batch) alone."""
-    grid = (model_config.image_size[0] // model_config.patch_size) * (model_config.image_size[1] // model_config.patch_size)
+    grid = model_config.grid[0] * model_config.grid[1]
     alphas = model_config.alphas
     alphas = [alphas] * len(model_config.inputs) if isinstance(alphas, float) else list(alphas)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -86,7 +86,7 @@ def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path
         torch.manual_seed(config.seed)
         preds, masks = model(inputs)
     model.train(was_training)
-    gh, gw = model_config.image_size[0] // model_config.patch_size, model_config.image_size[1] // model_config.patch_size
+    gh, gw = model_config.grid
     rows = []
     for i in range(len(samples)):
         row = []
@@ -102,6 +102,11 @@ def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path
     scale = max(1, 128 // max(model_config.image_size))  # small images are drawn at least 128 px wide
     cell = (model_config.image_size[0] * scale, model_config.image_size[1] * scale)
     write_image(path, preview_grid(rows, drawable, cell=cell))
+
+
+def parts_of(values: dict[str, float]):
+    """The per-modality entries of a loss record."""
+    return [(key, value) for key, value in values.items() if key.startswith("loss/")]
 
 
 def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -211,7 +216,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                     micro += 1
                     values = {"loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()}}
                     if not math.isfinite(values["loss"]):
-                        detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in values.items() if k != "loss")
+                        detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in parts_of(values))
                         raise TrainingStopped(f"non-finite loss at step {step + 1}: {detail}; the last good "
                                               f"checkpoint is kept in {run}")
                     for key, value in values.items():
@@ -241,7 +246,8 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                         window, window_start, window_images = {}, time.perf_counter(), 0
                     else:
                         bar.update(task, completed=step)
-                    if info.is_main and config.preview_every and (step % config.preview_every == 0 or step == total_steps):
+                    due = step == total_steps or (config.preview_every and step % config.preview_every == 0)
+                    if info.is_main and config.preview_every and due:
                         preview(model, dataset, config, modalities, run / "previews" / f"step-{step:06d}.png", device)
                     if step % config.checkpoint_every == 0 or step == total_steps:
                         save()
