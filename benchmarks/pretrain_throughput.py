@@ -36,7 +36,8 @@ def forward_flops(config: ModelConfig) -> float:
 
 
 def time_steps(config: ModelConfig, batch: int, device: torch.device, dtype, compile_model: bool, steps: int,
-               warmup: int) -> list[float]:
+               warmup: int, with_optimizer: bool = True) -> list[float]:
+    """Seconds per step, warm-up excluded: masked forward, losses, backward and (optionally) AdamW."""
     torch.manual_seed(0)
     model = create_model(config).to(device).train()
     objective = create_objective(config).to(device)
@@ -53,8 +54,9 @@ def time_steps(config: ModelConfig, batch: int, device: torch.device, dtype, com
             preds, masks = step_model(data)
         loss, _ = objective(preds, data, masks)
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        if with_optimizer:
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,3 +205,24 @@ def test_example_configs_are_valid(name):
     assert model.inputs == ("rgb", "depth", "semseg") and model.outputs[-1] == "norm_rgb"
     if "official" in name:
         assert (model.dim, model.num_encoded_tokens, config.epochs, config.batch_size) == (768, 98, 1600, 256)
+
+
+def test_ctrl_c_saves_and_stops(tmp_path):
+    args = ["pretrain", "--name", "interrupted", "--out", str(tmp_path / "runs"), "--steps", "400", "--device", "cpu",
+            "--set", f"model={json.dumps(TINY['model'])}", "--set", f"data={json.dumps(TINY['data'])}",
+            "--set", "batch_size=4", "--set", "checkpoint_every=1000", "--set", "preview_every=0", "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "multimae_cli", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    metrics_file = tmp_path / "runs" / "interrupted" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics_file.is_file() and metrics_file.read_text().strip()) and time.time() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert re.fullmatch(r"error: interrupted at step (\d+); checkpoint saved, continue with `multimae pretrain "
+                        r"--resume .*interrupted`", stderr.strip()), stderr
+    step = int(re.search(r"step (\d+)", stderr).group(1))
+    state = torch.load(ckpt.find_checkpoint(tmp_path / "runs" / "interrupted") / "state.pt", weights_only=True)
+    assert state["step"] == step >= 10

@@ -67,14 +67,11 @@ def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = True,
     import torch.distributed as dist
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-    if sampler is not None:
-        pass
-    elif dist.is_available() and dist.is_initialized():
+    if sampler is None and dist.is_available() and dist.is_initialized():
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    elif shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = SequentialSampler(dataset)
+    elif sampler is None:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle \
+            else SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                       drop_last=drop_last, pin_memory=pin_memory, persistent_workers=workers > 0,
                       worker_init_fn=_worker_init if workers > 0 else None)
