@@ -214,7 +214,8 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                         loss, parts = objective(preds, batch, masks)
                         scaler.scale(loss / accum).backward()
                     micro += 1
-                    values = {"loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()}}
+                    numbers = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).tolist()
+                    values = dict(zip(["loss", *(f"loss/{k}" for k in parts)], numbers, strict=True))
                     if not math.isfinite(values["loss"]):
                         detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in parts_of(values))
                         raise TrainingStopped(f"non-finite loss at step {step + 1}: {detail}; the last good "
@@ -254,7 +255,6 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                     if step == total_steps:
                         break
         except KeyboardInterrupt:
-            micro = step * accum
             save()
             raise TrainingStopped(f"interrupted at step {step}; checkpoint saved, continue with "
                                   f"`multimae pretrain --resume {run}`") from None
