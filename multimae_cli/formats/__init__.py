@@ -30,13 +30,14 @@ def read_checkpoint(path: str | Path, **overrides: Any):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    if not is_safetensors(path) and not _looks_like_torch(path):
+    safetensors = is_safetensors(path)
+    if not safetensors and not _looks_like_torch(path):
         raise CheckpointError(f"{path}: not a checkpoint (neither safetensors nor a PyTorch .pth file)")
     from .official import infer_config, is_timm_vit, read_torch_checkpoint, timm_to_official
 
     args: dict[str, Any] = {}
     config = None
-    if is_safetensors(path):
+    if safetensors:
         state_dict, metadata = read_safetensors(path)
         config = config_from_metadata(metadata, path)
     else:

@@ -30,12 +30,17 @@ def sample_budgets(batch: int, alphas: Sequence[float], uniform_tasks: bool, dev
 
 
 def random_masks(batch: int, num_modalities: int, tokens_per_modality: int, num_visible: int,
-                 alphas: Sequence[float], uniform_tasks: bool, device: torch.device) -> torch.Tensor:
+                 alphas: float | Sequence[float], uniform_tasks: bool, device: torch.device) -> torch.Tensor:
     """(B, n*N) masks with exactly `num_visible` zeros per row, spread across modalities by Dirichlet budgets.
 
-    Each modality's budget is round(share * num_visible) tokens chosen uniformly within it; the rounding is
-    then corrected with random promotions or demotions so every sample has exactly `num_visible`.
+    `alphas` is one concentration for all modalities or one per modality. Each modality's budget is
+    round(share * num_visible) tokens chosen uniformly within it; the rounding is then corrected with random
+    promotions or demotions so every sample has exactly `num_visible`.
     """
+    if isinstance(alphas, (int, float)):
+        alphas = [float(alphas)] * num_modalities
+    if len(alphas) != num_modalities:
+        raise InputError(f"alphas has {len(alphas)} values for {num_modalities} inputs")
     total = num_modalities * tokens_per_modality
     budgets = (sample_budgets(batch, alphas, uniform_tasks, device) * num_visible).round()
     modality_of_token = torch.arange(num_modalities, device=device).repeat_interleave(tokens_per_modality)

@@ -161,10 +161,6 @@ class MultiMAE(nn.Module):
                 raise InputError(f"num_encoded_tokens={num_visible} must lie in [0, {total}] "
                                  f"({len(layout.modalities)} inputs x {per_modality} tokens)")
             alphas = self.alphas if alphas is None else alphas
-            if isinstance(alphas, (int, float)):
-                alphas = [float(alphas)] * len(layout.modalities)
-            if len(alphas) != len(layout.modalities):
-                raise InputError(f"alphas has {len(alphas)} values for {len(layout.modalities)} inputs")
             uniform = self.sample_tasks_uniformly if sample_tasks_uniformly is None else sample_tasks_uniformly
             mask_all = random_masks(batch, len(layout.modalities), per_modality, num_visible, alphas, uniform,
                                     tokens.device)

@@ -46,9 +46,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def build_dataset(config: PretrainConfig, modalities: dict, image_size: tuple[int, int], train: bool = True):
-    transform = MultiModalTransform(modalities, image_size, train=train, scale=config.data.crop_scale,
-                                    hflip=config.data.hflip)
+def build_dataset(config: PretrainConfig, modalities: dict, image_size: tuple[int, int]):
+    transform = MultiModalTransform(modalities, image_size, scale=config.data.crop_scale, hflip=config.data.hflip)
     if config.data.source == "synthetic":
         render = config.data.render_size or image_size
         return SyntheticDataset(modalities, config.data.synthetic_scenes, render, transform, seed=config.seed)
@@ -60,12 +59,10 @@ def micro_batch_masks(model_config, micro_batch: int, info: DistInfo, batch_size
                       device: torch.device, seed: int) -> dict[str, torch.Tensor]:
     """This rank's rows of the global micro-batch's masks, drawn from (seed, micro-batch) alone."""
     grid = model_config.grid[0] * model_config.grid[1]
-    alphas = model_config.alphas
-    alphas = [alphas] * len(model_config.inputs) if isinstance(alphas, float) else list(alphas)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed * 2**32 + micro_batch)
         masks = random_masks(batch_size * info.world, len(model_config.inputs), grid, model_config.num_encoded_tokens,
-                             alphas, model_config.sample_tasks_uniformly, device)
+                             model_config.alphas, model_config.sample_tasks_uniformly, device)
     rows = masks[info.rank * batch_size:(info.rank + 1) * batch_size]
     return dict(zip(model_config.inputs, rows.split(grid, dim=1), strict=True))
 
