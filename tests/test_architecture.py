@@ -125,11 +125,14 @@ def test_presets_train_one_step(preset):
     assert model.encoder[0].attn.qkv.weight.grad is not None
 
 
-def test_fixture_forward_under_drop_path_is_stochastic_only_in_training(tiny_pth, tiny_io):
+def test_drop_path_is_stochastic_only_in_training(tiny_pth, tiny_io):
     from multimae_cli import load_model
 
-    model = load_model(tiny_pth, drop_path_rate=0.5)
+    model = load_model(tiny_pth, drop_path_rate=0.5)  # block 1 drops its branches with probability 0.5
     with torch.no_grad():
         a = model.eval().forward_features(fixture_inputs(tiny_io))
         b = model.eval().forward_features(fixture_inputs(tiny_io))
+        torch.manual_seed(0)
+        trained = [model.train().forward_features(fixture_inputs(tiny_io)) for _ in range(4)]
     assert torch.equal(a, b)
+    assert any(not torch.allclose(t, a) for t in trained)

@@ -133,6 +133,10 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     else:
         model = create_model(model_config)
         name = config.name or time.strftime("pretrain-%Y%m%d-%H%M%S")
+        if info.world > 1:  # ranks may start in different seconds: all use rank 0's name
+            shared = [name]
+            dist.broadcast_object_list(shared, src=0)
+            name = shared[0]
         run = Path(config.out_dir) / name
         if info.is_main:
             run = ckpt.create_run_dir(config.out_dir, name)
