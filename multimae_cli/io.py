@@ -48,6 +48,19 @@ def read_array(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
 
 
+def _umask_mode() -> int:
+    """The mode a plainly created file gets (mkstemp's files are private, 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Give a finished temporary file the usual permissions and rename it into place."""
+    os.chmod(tmp, _umask_mode())
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write through a temporary file in the same folder and rename, so no reader sees half a file."""
     path = Path(path)
@@ -57,7 +70,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -85,3 +98,79 @@ def write_array(path: str | Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunks(data: bytes):
+    """(type, payload) of each chunk of a PNG file's bytes."""
+    import struct
+
+    position = len(_PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[position:position + 4])
+        kind = data[position + 4:position + 8]
+        yield kind, data[position + 8:position + 8 + length]
+        position += 12 + length
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """A label map as stored: palette PNGs give their palette indices (OpenCV alone would give colours),
+    other images their single channel."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    data = path.read_bytes()
+    if not data.startswith(_PNG_SIGNATURE) or data[25:26] != b"\x03":  # IHDR colour type 3: palette
+        return read_image(path, color=False)
+    chunks = list(_png_chunks(data))
+    header = next((payload for kind, payload in chunks if kind == b"IHDR"), b"")
+    palette = next((payload for kind, payload in chunks if kind == b"PLTE"), b"")
+    if len(header) != 13 or not palette:
+        raise InputError(f"{path}: not a readable image (palette PNG without header or palette)")
+    width, height = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
+    if header[8] == 8 and header[12] == 0:  # 8-bit, not interlaced: unfiltered rows are the indices
+        import zlib
+
+        try:
+            raw = zlib.decompress(b"".join(payload for kind, payload in chunks if kind == b"IDAT"))
+        except zlib.error:
+            raise InputError(f"{path}: not a readable image (corrupt PNG data)") from None
+        if len(raw) == height * (width + 1):
+            rows = np.frombuffer(raw, np.uint8).reshape(height, width + 1)
+            if not rows[:, 0].any():
+                return rows[:, 1:].copy()
+    colours = read_image(path, color=True).astype(np.int32)  # other encoders: map colours back to indices
+    table = np.frombuffer(palette, np.uint8).reshape(-1, 3).astype(np.int32)
+    codes = table[:, 0] << 16 | table[:, 1] << 8 | table[:, 2]
+    if len(np.unique(codes)) != len(codes):
+        raise InputError(f"{path}: palette PNG repeats a colour, so class ids cannot be recovered; "
+                         "save the labels as a greyscale PNG")
+    order = np.argsort(codes)
+    pixels = colours[..., 0] << 16 | colours[..., 1] << 8 | colours[..., 2]
+    found = np.minimum(np.searchsorted(codes[order], pixels), len(codes) - 1)
+    if not np.array_equal(codes[order][found], pixels):
+        raise InputError(f"{path}: palette PNG holds colours outside its palette")
+    return order[found].astype(np.uint8)
+
+
+def write_palette_png(path: str | Path, labels: np.ndarray, palette: np.ndarray) -> None:
+    """An 8-bit palette PNG: viewers show the colours, `read_labels` (and PIL) give back the ids."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    height, width = labels.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # filter byte 0 (none) before every row
+    rows[:, 1:] = labels
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    data = (_PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"PLTE", np.asarray(palette, np.uint8).tobytes())
+            + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
+    atomic_write_bytes(path, data)

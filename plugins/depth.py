@@ -63,6 +63,19 @@ def robust_standardize(depth: torch.Tensor, trim: float = 0.1, eps: float = 1e-6
     return out[0] if single else out
 
 
+def denormalize(depth: torch.Tensor) -> torch.Tensor:
+    """Standardised depth (a prediction) -> 16-bit file units, per sample: min -> 1, max -> 65535.
+
+    The standardised scale is relative (shift and scale are lost), so this only fixes a range that fits a
+    16-bit PNG; because `robust_standardize` is affine-invariant, reading the file back gives the same
+    model-space map up to rounding. Takes (B, 1, H, W).
+    """
+    flat = depth.float().flatten(1)
+    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    span = (flat.max(dim=1).values.view(-1, 1, 1, 1) - low).clamp_min(1e-8)
+    return 1.0 + (depth.float() - low) / span * 65534.0
+
+
 def colorize(depth: torch.Tensor) -> np.ndarray:
     """(1, H, W) depth (any scale) as a perceptual colour map (magma), near = bright, uint8 (H, W, 3)."""
     import cv2
@@ -81,5 +94,5 @@ def register_modalities(register):
         name="depth", channels=1, description="depth map, robustly standardised per sample",
         input_adapter=PatchInput(pos_interpolation="bicubic"), output_adapter=SpatialOutput(), loss=MaskedL1(),
         extensions=(".png", ".npy", ".tif", ".tiff", ".exr"), read=read, write=write,
-        interpolation="linear", normalize=robust_standardize, colorize=colorize,
+        interpolation="linear", normalize=robust_standardize, denormalize=denormalize, colorize=colorize,
     ))

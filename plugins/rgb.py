@@ -22,6 +22,11 @@ def read(path: Path) -> np.ndarray:
 
 
 def write(path: Path, image: np.ndarray) -> None:
+    """uint8 as is; float values (e.g. a prediction) are rounded into [0, 255]."""
+    import numpy as np
+
+    if image.dtype != np.uint8:
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     write_image(path, image)
 
 

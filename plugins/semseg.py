@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multimae_cli import ClassEmbeddingInput, MaskedCrossEntropy, Modality, SpatialOutput, hookimpl
-from multimae_cli.io import read_array, read_image, write_image
+from multimae_cli.io import read_array, read_labels, write_array, write_image, write_palette_png
 
 if TYPE_CHECKING:
     import numpy as np
@@ -20,11 +20,11 @@ NUM_CLASSES = 133
 
 
 def read(path: Path) -> np.ndarray:
-    """(H, W) int64 class ids from a single-channel 8/16-bit PNG (palette PNGs give their indices) or `.npy`."""
+    """(H, W) int64 class ids from a single-channel 8/16-bit PNG, a palette PNG (its indices) or `.npy`."""
     from multimae_cli.errors import InputError
 
     path = Path(path)
-    labels = read_array(path) if path.suffix == ".npy" else read_image(path, color=False)
+    labels = read_array(path) if path.suffix == ".npy" else read_labels(path)
     if labels.ndim != 2:
         raise InputError(f"{path}: a label map must have one channel, got shape {labels.shape}")
     if labels.dtype.kind not in "iu":
@@ -33,11 +33,17 @@ def read(path: Path) -> np.ndarray:
 
 
 def write(path: Path, labels: np.ndarray) -> None:
-    """8-bit PNG when every id fits, else 16-bit."""
+    """A palette PNG (ids as indices, shown in the class colours) when every id fits in 8 bits, else a
+    16-bit greyscale PNG; `.npy` keeps the array."""
     import numpy as np
 
-    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
-    write_image(path, labels.astype(dtype))
+    path = Path(path)
+    if path.suffix == ".npy":
+        write_array(path, labels.astype(np.int64))
+    elif labels.max(initial=0) < 256 and path.suffix.lower() == ".png":
+        write_palette_png(path, labels.astype(np.uint8), palette(256))
+    else:
+        write_image(path, labels.astype(np.uint16))
 
 
 def normalize(labels: torch.Tensor) -> torch.Tensor:

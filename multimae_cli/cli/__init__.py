@@ -12,7 +12,7 @@ import click
 import typer
 
 from ..errors import MultiMAEError
-from . import data, info, plugins, pretrain
+from . import data, export, info, plugins, predict, pretrain
 
 
 def build_app() -> typer.Typer:
@@ -24,6 +24,8 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     pretrain.register(app)
+    predict.register(app)
+    export.register(app)
     plugins.register(app)
     info.register(app)
     data.register(app)

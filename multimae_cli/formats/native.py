@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, InputError
+from ..io import publish
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +39,7 @@ def write_native(state_dict: dict[str, torch.Tensor], config: ModelConfig, path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -95,7 +95,8 @@ class ClassEmbeddingInputAdapter(_InputAdapter):
             raise InputError(f"{self.name}: expected an integer label map (B, H, W), "
                              f"got {labels.dtype} of shape {tuple(labels.shape)}")
         _check_divisible(self.name, tuple(labels.shape[-2:]), self.patch, self.stride)
-        if labels.device.type == "cpu" and labels.numel():  # on an accelerator this would cost a host sync
+        # On an accelerator this check would cost a host sync; traced graphs (compile, export) cannot hold it.
+        if labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling():
             low, high = int(labels.min()), int(labels.max())
             if low < 0 or high >= self.num_classes:
                 raise InputError(f"{self.name}: label values must lie in [0, {self.num_classes - 1}], "

@@ -164,8 +164,12 @@ class MultiMAE(nn.Module):
             uniform = self.sample_tasks_uniformly if sample_tasks_uniformly is None else sample_tasks_uniformly
             mask_all = random_masks(batch, len(layout.modalities), per_modality, num_visible, alphas, uniform,
                                     tokens.device)
-        ids_keep, ids_restore = mask_indices(mask_all, num_visible)
-        visible = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+        if num_visible == total and task_masks is None:  # nothing masked: no sort, no gather (exportable)
+            ids_keep = ids_restore = torch.arange(total, device=tokens.device).expand(batch, -1)
+            visible = tokens
+        else:
+            ids_keep, ids_restore = mask_indices(mask_all, num_visible)
+            visible = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
         encoded = self.encoder(self._append_global_tokens(visible))
         masks = dict(zip(layout.modalities, mask_all.split(per_modality, dim=1), strict=True))
         return Encoded(encoded, masks, ids_keep, ids_restore, layout)

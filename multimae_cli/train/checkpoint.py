@@ -9,6 +9,7 @@ until the swap completes the previous `last/` (or `last.prev/`) stays loadable.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +22,12 @@ from ..formats import load_model, save_model
 from ..io import atomic_write_bytes
 
 LAST, PREVIOUS = "last", "last.prev"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def create_run_dir(out_dir: str | Path, name: str) -> Path:
@@ -36,6 +43,7 @@ def save_checkpoint(run: Path, model, state: dict[str, Any]) -> Path:
     """Write model + training state as `run/last/`, keeping the previous one until the new one is complete."""
     tmp = Path(tempfile.mkdtemp(dir=run, prefix=".last-"))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's folders are private
         save_model(model, tmp / "model.safetensors")
         torch.save(state, tmp / "state.pt")
         last, previous = run / LAST, run / PREVIOUS

@@ -1,0 +1,206 @@
+"""`multimae export` and `multimae import`: weights out to native / official / timm / ONNX, and in again.
+
+Every writer goes through a temporary file in the target folder, re-loads what it wrote, checks it against
+the model, and only then renames it into place: a failed export leaves nothing behind and never replaces
+an existing file half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import CheckpointError, ConfigError, InputError
+from ..io import publish
+from . import load_model, read_checkpoint
+from .native import write_native
+from .official import official_to_timm
+
+FORMATS = ("native", "official", "timm", "onnx")
+TIMM_NAMES = {  # (dim, depth, heads, patch) of timm's plain ViTs
+    (192, 12, 3, 16): "vit_tiny_patch16",
+    (384, 12, 6, 16): "vit_small_patch16",
+    (768, 12, 12, 16): "vit_base_patch16",
+    (1024, 24, 16, 16): "vit_large_patch16",
+}
+
+
+def timm_model_args(config: ModelConfig) -> tuple[str | None, dict[str, Any]]:
+    """The timm model name matching the encoder (None if timm has none) and the keyword arguments that
+    build it with `timm.create_model` (or `timm.models.VisionTransformer`) without a classifier."""
+    name = TIMM_NAMES.get((config.dim, config.depth, config.num_heads, config.patch_size))
+    if name is not None:
+        name = f"{name}_224"  # `img_size` below sets the real size
+    kwargs: dict[str, Any] = {"num_classes": 0, "img_size": tuple(config.image_size)}
+    if name is None or config.mlp_ratio != 4.0 or not config.qkv_bias:
+        kwargs.update(patch_size=config.patch_size, embed_dim=config.dim, depth=config.depth,
+                      num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias)
+        name = None
+    return name, kwargs
+
+
+def _atomic(out: Path, write: Callable[[Path], None], check: Callable[[Path], None]) -> None:
+    """write(tmp); check(tmp); rename to `out`. On any failure the temporary file is removed."""
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix or ".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        check(tmp)
+        publish(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _same_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str) -> None:
+    if expected.keys() != found.keys():
+        raise CheckpointError(f"{what}: re-loaded keys differ ({len(expected)} written, {len(found)} read)")
+    for key, value in expected.items():
+        if not torch.equal(value.cpu(), found[key].cpu()):
+            raise CheckpointError(f"{what}: re-loaded tensor {key} differs from the model's")
+
+
+def export_model(checkpoint: str | Path, format: str, out: str | Path, *, inputs: Sequence[str] | None = None,
+                 outputs: Sequence[str] | None = None,
+                 image_size: tuple[int, int] | None = None, batch_size: int = 1, overwrite: bool = False,
+                 tolerance: float = 1e-4) -> dict[str, Any]:
+    """Write the model of `checkpoint` (any readable format) as `format` to `out`, verified. `inputs`,
+    `outputs`, `image_size` and `batch_size` shape the ONNX graph (default: every input and output at the
+    model's size)."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format {format}: unknown format (choose from {', '.join(FORMATS)})")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    if format == "onnx":
+        from .onnx import export_onnx
+
+        return export_onnx(checkpoint, out, inputs=inputs, outputs=outputs, image_size=image_size,
+                           batch_size=batch_size, tolerance=tolerance)
+    model = load_model(checkpoint).eval()
+    config: ModelConfig = model.config
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    summary: dict[str, Any] = {"format": format, "out": str(out), "source": str(checkpoint)}
+    if format == "native":
+        def check_native(tmp: Path) -> None:
+            found, found_config = read_checkpoint(tmp)
+            _same_tensors(state, found, str(out))
+            if found_config != config:
+                raise CheckpointError(f"{out}: re-loaded config differs from the model's")
+
+        _atomic(out, lambda tmp: write_native(state, config, tmp), check_native)
+    elif format == "official":
+        args = {"num_heads": config.num_heads, "decoder_num_heads": config.decoder_num_heads,
+                "num_encoded_tokens": config.num_encoded_tokens}
+
+        def check_official(tmp: Path) -> None:
+            found, found_config = read_checkpoint(tmp)
+            _same_tensors(state, found, str(out))
+            if found_config.model_dump(exclude={"alphas", "sample_tasks_uniformly", "drop_path_rate"}) != \
+                    config.model_dump(exclude={"alphas", "sample_tasks_uniformly", "drop_path_rate"}):
+                raise CheckpointError(f"{out}: the architecture read back differs from the model's")
+
+        _atomic(out, lambda tmp: torch.save({"model": state, "args": args}, tmp), check_official)
+    else:
+        summary.update(_export_timm(model, state, out))
+    return summary
+
+
+def _export_timm(model, state: dict[str, torch.Tensor], out: Path) -> dict[str, Any]:
+    """The rgb encoder as timm's VisionTransformer state dict, checked by loading it into timm."""
+    import timm
+
+    config: ModelConfig = model.config
+    if "rgb" not in config.inputs:
+        raise ConfigError("--format timm: the model has no rgb input, and timm ViTs take rgb images")
+    if config.num_global_tokens != 1:
+        raise ConfigError(f"--format timm: timm ViTs have one class token; this model has "
+                          f"{config.num_global_tokens} global tokens")
+    timm_state = official_to_timm(state)
+    # timm's ViT ends in a LayerNorm that MultiViT lacks; an identity-affine one keeps the features as
+    # LayerNorm(MultiViT features) without affine, and makes the file load with strict=True.
+    timm_state["norm.weight"] = torch.ones(config.dim)
+    timm_state["norm.bias"] = torch.zeros(config.dim)
+    name, kwargs = timm_model_args(config)
+
+    def write(tmp: Path) -> None:
+        if out.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in timm_state.items()}, str(tmp))
+        else:
+            torch.save(timm_state, tmp)
+
+    def check(tmp: Path) -> None:
+        vit = (timm.create_model(name, checkpoint_path=str(tmp), **kwargs) if name
+               else _timm_vit(kwargs, tmp)).eval()
+        image = torch.randn(2, 3, *config.image_size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ours = model.forward_features({"rgb": image})
+            theirs = vit.forward_features(image)
+        ours = torch.nn.functional.layer_norm(ours, (config.dim,), eps=1e-6)
+        ours = torch.cat([ours[:, -1:], ours[:, :-1]], dim=1)  # global token last -> cls token first
+        error = (ours - theirs).abs().max().item()
+        if error > 1e-4:
+            raise CheckpointError(f"{out}: timm's features differ from ours by {error:.2e}")
+
+    _atomic(out, write, check)
+    call = f"timm.create_model({name!r}" if name else "timm.models.VisionTransformer("
+    arguments = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return {"timm_model": name, "timm_kwargs": kwargs,
+            "load_with": f"{call}, {arguments}, checkpoint_path={str(out)!r})" if name
+            else f"{call}{arguments}) + timm.models.load_checkpoint(model, {str(out)!r})"}
+
+
+def _timm_vit(kwargs: dict[str, Any], path: Path):
+    from timm.models import VisionTransformer, load_checkpoint
+
+    vit = VisionTransformer(**kwargs)
+    load_checkpoint(vit, str(path))
+    return vit
+
+
+def import_model(kind: str, source: str | Path, out: str | Path, overwrite: bool = False,
+                 **overrides: Any) -> dict[str, Any]:
+    """Convert an official MultiViT/MultiMAE `.pth` (`kind="official"`) or a timm ViT file (`"timm"`) into a
+    native checkpoint (verified). `overrides` set what the file cannot tell (e.g. `num_heads`)."""
+    from .native import is_safetensors
+    from .official import is_timm_vit, read_torch_checkpoint
+
+    if kind not in ("official", "timm"):
+        raise ConfigError(f"import {kind}: expected 'official' or 'timm'")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    source = Path(source)
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such file")
+    if not is_safetensors(source):
+        raw, _ = read_torch_checkpoint(source)
+        if is_timm_vit(raw) != (kind == "timm"):
+            found = "a timm ViT" if is_timm_vit(raw) else "an official MultiViT/MultiMAE"
+            raise CheckpointError(f"{source}: holds {found} state dict, not {kind} weights "
+                                  f"(use `multimae import {'timm' if is_timm_vit(raw) else 'official'}`)")
+    model = load_model(source, **overrides)
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+
+    def check(tmp: Path) -> None:
+        found, found_config = read_checkpoint(tmp)
+        _same_tensors(state, found, str(out))
+        if found_config != model.config:
+            raise CheckpointError(f"{out}: re-loaded config differs from the model's")
+
+    _atomic(out, lambda tmp: write_native(state, model.config, tmp), check)
+    config = model.config
+    return {"out": str(out), "source": str(source), "inputs": list(config.inputs), "outputs": list(config.outputs),
+            "dim": config.dim, "depth": config.depth, "num_heads": config.num_heads,
+            "image_size": list(config.image_size)}
