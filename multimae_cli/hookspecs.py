@@ -13,6 +13,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from .modality import Modality
+    from .task import Task
+    from .teacher import Teacher
 
 PROJECT = "multimae"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -22,6 +24,16 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def register_modalities(register: Callable[[Modality], None]) -> None:
     """Call `register(Modality(...))` once for every modality the plugin adds."""
+
+
+@hookspec
+def register_tasks(register: Callable[[Task], None]) -> None:
+    """Call `register(Task(...))` once for every fine-tuning task the plugin adds."""
+
+
+@hookspec
+def register_pseudolabelers(register: Callable[[Teacher], None]) -> None:
+    """Call `register(Teacher(...))` once for every pseudo-labelling teacher the plugin adds."""
 
 
 @hookspec

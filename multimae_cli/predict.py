@@ -230,7 +230,8 @@ def predict(
 
     `out` is a file when one image and one task are given and it has an image suffix, else a folder that
     receives `<task>/<key>.png` (the dataset layout, so predictions can be trained on) and, with
-    `colorize`, `<task>-color/<key>.png`. Existing files are kept unless `overwrite`.
+    `colorize`, `<task>-color/<key>.png` for outputs whose file is not a picture already (depth). Existing
+    files are kept unless `overwrite`.
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ConfigError(f"--mask-ratio must lie in [0, 1), got {mask_ratio}")
@@ -251,7 +252,8 @@ def predict(
     predictor.check_tasks(tasks)
     listed = list_images(images, predictor.modalities[primary].extensions)
     single_file = len(listed) == 1 and len(tasks) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
-    targets = {key: _targets(out, key, tasks, single_file, colorize) for key, _ in listed}
+    pictured = [name for name in tasks if colorize and _needs_picture(predictor.modalities[name])]
+    targets = {key: _targets(out, key, tasks, single_file, pictured) for key, _ in listed}
     _check_targets(out, targets, viz, overwrite)
 
     started = time.perf_counter()
@@ -315,10 +317,17 @@ def predict(
     return summary
 
 
-def _targets(out: Path, key: str, tasks: Sequence[str], single_file: bool, colorize: bool):
+def _needs_picture(modality: Modality) -> bool:
+    """Whether `--colorize` adds anything: 3-channel files and palette PNGs are pictures already."""
+    return modality.colorize is not None and modality.channels != 3 and not (
+        modality.kind == "labels" and modality.channels <= 256)
+
+
+def _targets(out: Path, key: str, tasks: Sequence[str], single_file: bool, pictured: Sequence[str]):
+    """(data file, colour picture or None) per task."""
     if single_file:
-        return {tasks[0]: (out, out.with_name(f"{out.stem}.color.png") if colorize else None)}
-    return {name: (out / name / f"{key}.png", out / f"{name}-color" / f"{key}.png" if colorize else None)
+        return {tasks[0]: (out, out.with_name(f"{out.stem}.color.png") if tasks[0] in pictured else None)}
+    return {name: (out / name / f"{key}.png", out / f"{name}-color" / f"{key}.png" if name in pictured else None)
             for name in tasks}
 
 

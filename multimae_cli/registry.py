@@ -12,13 +12,17 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError, UnknownModalityError
 from .modality import Modality
+
+if TYPE_CHECKING:
+    from .task import Task
+    from .teacher import Teacher
 
 ENTRY_POINT_GROUP = "multimae"
 LOAD_ENV = "MULTIMAE_LOAD_PLUGINS"
@@ -33,6 +37,8 @@ class PluginInfo:
     distribution: str | None = None
     version: str | None = None
     modalities: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    teachers: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -46,6 +52,8 @@ class PluginInfo:
             "source": "built-in" if self.builtin else (self.distribution or "registered in code"),
             "version": self.version,
             "modalities": self.modalities,
+            "tasks": self.tasks,
+            "teachers": self.teachers,
             "error": self.error,
         }
 
@@ -58,6 +66,8 @@ class Registry:
         self.manager.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self._modalities: dict[str, Modality] | None = None
+        self._tasks: dict[str, Task] | None = None
+        self._teachers: dict[str, Teacher] | None = None
 
     def load_entry_points(self) -> None:
         """Import and register every plugin of the entry-point group (respecting MULTIMAE_LOAD_PLUGINS)."""
@@ -84,43 +94,70 @@ class Registry:
     def unregister(self, name: str) -> None:
         self.manager.unregister(name=name)
         self.plugins.pop(name, None)
-        self._modalities = None
+        self._modalities = self._tasks = self._teachers = None
 
     def _add(self, plugin: object, info: PluginInfo) -> None:
         if info.name in self.plugins:
             raise PluginError(f"a plugin named {info.name!r} is already registered")
         self.manager.register(plugin, name=info.name)
         self.plugins[info.name] = info
-        self._modalities = None
+        self._modalities = self._tasks = self._teachers = None
 
     def _fail(self, info: PluginInfo, reason: str) -> None:
         info.error = reason
         self.plugins[info.name] = info
         print(f"warning: plugin {info.name!r} {reason}", file=sys.stderr)
 
+    def _collect(self, hook: str, record_type: type, listing: str) -> dict[str, Any]:
+        """Call every plugin's `hook` with a `register` callback; records by name, in registration order.
+        A plugin that raises, registers the wrong type or a taken name is reported and its record left out."""
+        found: dict[str, Any] = {}
+        for impl in getattr(self.manager.hook, hook).get_hookimpls():  # pluggy lists them in registration order
+            info = self.plugins[impl.plugin_name]
+            added: list[Any] = []
+            try:
+                impl.function(**{arg: added.append for arg in impl.argnames})
+            except Exception as exc:
+                self._fail(info, f"raised in {hook}: {type(exc).__name__}: {exc}")
+                continue
+            for record in added:
+                if not isinstance(record, record_type):
+                    self._fail(info, f"registered {record!r} in {hook}, which is not a {record_type.__name__}")
+                elif record.name in found:
+                    self._fail(info, f"registers {record_type.__name__.lower()} {record.name!r}, already "
+                                     "registered by another plugin")
+                else:
+                    found[record.name] = record
+                    getattr(info, listing).append(record.name)
+        return found
+
     def modalities(self) -> dict[str, Modality]:
-        """Every registered modality by name (collected once, in plugin registration order)."""
+        """Every registered modality by name (collected once)."""
         if self._modalities is None:
-            found: dict[str, Modality] = {}
-            impls = self.manager.hook.register_modalities.get_hookimpls()
-            for impl in impls:  # pluggy lists them in registration order
-                info = self.plugins[impl.plugin_name]
-                added: list[Modality] = []
-                try:
-                    impl.function(**{arg: added.append for arg in impl.argnames})
-                except Exception as exc:
-                    self._fail(info, f"raised in register_modalities: {type(exc).__name__}: {exc}")
-                    continue
-                for modality in added:
-                    if not isinstance(modality, Modality):
-                        self._fail(info, f"registered {modality!r}, which is not a Modality")
-                    elif modality.name in found:
-                        self._fail(info, f"registers modality {modality.name!r}, already registered by another plugin")
-                    else:
-                        found[modality.name] = modality
-                        info.modalities.append(modality.name)
-            self._modalities = found
+            self._modalities = self._collect("register_modalities", Modality, "modalities")
         return self._modalities
+
+    def tasks(self) -> dict[str, Task]:
+        """Every registered fine-tuning task by name (collected once)."""
+        if self._tasks is None:
+            from .task import Task
+
+            self._tasks = self._collect("register_tasks", Task, "tasks")
+        return self._tasks
+
+    def task(self, name: str) -> Task:
+        tasks = self.tasks()
+        if name not in tasks:
+            raise PluginError(f"unknown task {name!r} (registered: {', '.join(sorted(tasks)) or 'none'})")
+        return tasks[name]
+
+    def teachers(self) -> dict[str, Teacher]:
+        """Every registered pseudo-labelling teacher by name (collected once)."""
+        if self._teachers is None:
+            from .teacher import Teacher
+
+            self._teachers = self._collect("register_pseudolabelers", Teacher, "teachers")
+        return self._teachers
 
     def modality(self, name: str) -> Modality:
         """The registered modality `name`, or an error listing the known ones."""

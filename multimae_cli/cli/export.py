@@ -80,4 +80,5 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(summary))
         else:
             typer.echo(f"wrote {out}: inputs {', '.join(summary['inputs'])}, outputs "
-                       f"{', '.join(summary['outputs']) or 'none'}, dim {summary['dim']}, depth {summary['depth']}")
+                       f"{', '.join(summary['outputs']) or 'none'}, dim {summary['dim']}, depth {summary['depth']}, "
+                       f"{summary['num_heads']} heads (set another count with --set num_heads=N)")

@@ -106,7 +106,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], args: dict[str, Any] | Non
     """The architecture an official-layout state dict describes, from its key names and shapes.
 
     What the weights cannot tell (head counts) comes from `overrides`, then the checkpoint's `args`,
-    then the official base values (12 encoder heads, 8 decoder heads).
+    then the ViT convention of 64 channels per encoder head (12 heads for the official ViT-B; 12 when the
+    width is not a multiple of 64) and the official 8 decoder heads.
     """
     registry = registry or get_registry()
     args = args or {}
@@ -122,7 +123,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], args: dict[str, Any] | Non
         "depth": _count(state_dict, "encoder."),
         "mlp_ratio": state_dict["encoder.0.mlp.fc1.weight"].shape[0] / dim,
         "qkv_bias": "encoder.0.attn.qkv.bias" in state_dict,
-        "num_heads": args.get("num_heads", DEFAULT_NUM_HEADS),
+        "num_heads": args.get("num_heads", dim // 64 if dim % 64 == 0 else DEFAULT_NUM_HEADS),
         "decoder_num_heads": args.get("decoder_num_heads", DEFAULT_DECODER_NUM_HEADS),
     }
     channels: dict[str, int] = {}

@@ -1,0 +1,121 @@
+"""`multimae export` / `multimae import`: every format re-loads to the same model; failures leave nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+
+from multimae_cli import ModelConfig, create_model, load_model, save_model
+from multimae_cli.errors import CheckpointError, ConfigError, InputError, MultiMAEError
+from multimae_cli.formats.export import export_model, import_model
+from multimae_cli.formats.official import read_torch_checkpoint
+
+
+def test_official_export_import_round_trip_is_bit_exact(tmp_path, tiny_pth):
+    exported = tmp_path / "official.pth"
+    export_model(tiny_pth, "official", exported)
+    original, _ = read_torch_checkpoint(tiny_pth)
+    written, args = read_torch_checkpoint(exported)
+    assert original.keys() == written.keys()
+    assert all(torch.equal(original[k], written[k]) for k in original)
+    assert args["num_heads"] == load_model(tiny_pth).config.num_heads
+    result = run_cli("import", "official", str(exported), "--out", str(tmp_path / "back.safetensors"))
+    assert result.returncode == 0, result.stderr
+    back = load_model(tmp_path / "back.safetensors").state_dict()
+    assert all(torch.equal(original[k], back[k]) for k in original) and back.keys() == original.keys()
+
+
+def test_timm_export_loads_in_timm_with_our_features(tmp_path):
+    """timm's ViT ends in a LayerNorm MultiViT lacks: the export sets it to identity affine, so timm's
+    features are LayerNorm(ours) without affine, cls token first where our global token is last."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset("tiny", inputs=("rgb",), outputs=(), image_size=32, num_encoded_tokens=2)
+    model = create_model(config).eval()
+    save_model(model, tmp_path / "ours.safetensors")
+    summary = export_model(tmp_path / "ours.safetensors", "timm", tmp_path / "vit.safetensors")
+    assert summary["timm_model"] == "vit_tiny_patch16_224"
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32,
+                            checkpoint_path=str(tmp_path / "vit.safetensors")).eval()
+    image = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = torch.nn.functional.layer_norm(model.forward_features({"rgb": image}), (config.dim,), eps=1e-6)
+        theirs = vit.forward_features(image)
+    torch.testing.assert_close(theirs[:, 1:], ours[:, :-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(theirs[:, 0], ours[:, -1], atol=1e-5, rtol=0)
+    imported = import_model("timm", tmp_path / "vit.safetensors", tmp_path / "back.safetensors")
+    assert imported["inputs"] == ["rgb"]
+    back = load_model(tmp_path / "back.safetensors").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back.forward_features({"rgb": image}), model.forward_features({"rgb": image}))
+
+
+def test_timm_export_of_an_unnamed_architecture(tmp_path, tiny_pth):
+    summary = export_model(tiny_pth, "timm", tmp_path / "vit.pth")
+    assert summary["timm_model"] is None and "VisionTransformer(" in summary["load_with"]
+
+
+def test_onnx_matches_torch(tmp_path, tiny_pth):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "model.onnx"
+    summary = export_model(tiny_pth, "onnx", out, inputs=["rgb"], outputs=["depth", "semseg"],
+                           image_size=(64, 96), batch_size=2)
+    assert max(summary["max_abs_error"].values()) < 1e-4
+    model = load_model(tiny_pth).eval()
+    image = torch.randn(2, 3, 64, 96)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    depth, semseg = session.run(["depth_pred", "semseg_pred"], {"rgb": image.numpy()})
+    with torch.no_grad():
+        expected = model.decode(model.encode({"rgb": image}, mask_inputs=False), ["depth", "semseg"])
+    torch.testing.assert_close(torch.from_numpy(depth), expected["depth"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(semseg), expected["semseg"], atol=1e-4, rtol=0)
+
+
+def test_failed_export_keeps_the_old_file_and_leaves_no_temporary(tmp_path, tiny_pth):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous export")
+    with pytest.raises(MultiMAEError, match="differs from torch"):
+        export_model(tiny_pth, "onnx", out, inputs=["rgb"], outputs=["depth"], overwrite=True, tolerance=-1.0)
+    assert out.read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_export_and_import_errors(tmp_path, tiny_pth):
+    with pytest.raises(ConfigError, match="unknown format"):
+        export_model(tiny_pth, "tflite", tmp_path / "x")
+    with pytest.raises(InputError, match="does not exist"):
+        export_model(tiny_pth, "native", tmp_path / "missing" / "x.safetensors")
+    (tmp_path / "taken.pth").write_bytes(b"x")
+    with pytest.raises(InputError, match="already exists"):
+        export_model(tiny_pth, "official", tmp_path / "taken.pth")
+    with pytest.raises(CheckpointError, match="not timm weights"):
+        import_model("timm", tiny_pth, tmp_path / "y.safetensors")
+    depth_only = create_model(ModelConfig(inputs=("depth",), outputs=(), image_size=32, patch_size=16, dim=32,
+                                          depth=1, num_heads=2, num_encoded_tokens=2))
+    save_model(depth_only, tmp_path / "depth.safetensors")
+    with pytest.raises(ConfigError, match="no rgb input"):
+        export_model(tmp_path / "depth.safetensors", "timm", tmp_path / "vit.pth")
+    assert not (tmp_path / "vit.pth").exists()
+
+
+def test_missing_onnx_extra_is_one_line(tmp_path, tiny_pth):
+    fake = tmp_path / "fake"
+    (fake / "onnxruntime").mkdir(parents=True)
+    (fake / "onnxruntime" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    result = run_cli("export", str(tiny_pth), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                     env={"PYTHONPATH": str(fake)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --format onnx needs the optional ONNX extra: pip install 'multimae[onnx]'"
+
+
+def test_export_cli_json(tmp_path, tiny_pth):
+    result = run_cli("export", str(tiny_pth), "--format", "native", "--out", str(tmp_path / "n.safetensors"),
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["format"] == "native"
+    assert (tmp_path / "n.safetensors").stat().st_mode & 0o044  # readable by others, as files usually are
