@@ -21,6 +21,8 @@ from .modality import (
     PatchInput,
     SpatialOutput,
 )
+from .task import HeadContext, Task
+from .teacher import Labeler, Teacher, TeacherRequest
 
 if TYPE_CHECKING:
     from .factory import create_model, create_objective
@@ -50,6 +52,8 @@ __all__ = [
     "AdapterContext",
     "ClassEmbeddingInput",
     "DecoderContext",
+    "HeadContext",
+    "Labeler",
     "MaskedCrossEntropy",
     "MaskedL1",
     "MaskedMSE",
@@ -58,6 +62,9 @@ __all__ = [
     "MultiMAEError",
     "PatchInput",
     "SpatialOutput",
+    "Task",
+    "Teacher",
+    "TeacherRequest",
     "__version__",
     "create_model",
     "create_objective",

@@ -117,6 +117,7 @@ class DataConfig(BaseModel):
     path: str | None = None
     split: str = "train"
     synthetic_scenes: int = 4096
+    val_scenes: int = 64
     render_size: int | None = None
     workers: int = 2
     skip_bad: bool = False
@@ -220,11 +221,20 @@ def parse_assignment(text: str) -> dict[str, Any]:
 def load_pretrain_config(config_file: str | None = None, flags: dict[str, Any] | None = None,
                          assignments: list[str] | None = None) -> PretrainConfig:
     """Defaults < `config_file` (YAML) < `flags` < `--set a.b=value` assignments."""
+    return load_config(PretrainConfig, config_file, flags, assignments)
+
+
+def load_config(cls: type[BaseModel], config_file: str | None = None, flags: dict[str, Any] | None = None,
+                assignments: list[str] | None = None) -> Any:
+    """A `cls` config from defaults < `config_file` (YAML) < `flags` < `--set a.b=value` assignments."""
     import yaml
 
-    defaults = PretrainConfig.model_fields
-    values: dict[str, Any] = {"model": dict(defaults["model"].default),
-                              "optim": defaults["optim"].default.model_dump()}
+    values: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():  # nested defaults, so a partial override merges into them
+        if isinstance(field.default, BaseModel):
+            values[name] = field.default.model_dump()
+        elif isinstance(field.default, dict):
+            values[name] = dict(field.default)
     if config_file:
         from pathlib import Path
 
@@ -241,4 +251,57 @@ def load_pretrain_config(config_file: str | None = None, flags: dict[str, Any] |
     values = _deep_merge(values, flags or {})
     for assignment in assignments or []:
         values = _deep_merge(values, parse_assignment(assignment))
-    return build_config(PretrainConfig, values)
+    return build_config(cls, values)
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+class FinetuneConfig(BaseModel):
+    """A fine-tuning run: a task's head on a pretrained encoder (or a fresh one when `checkpoint` is None)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = "depth"
+    checkpoint: str | None = None
+    inputs: tuple[str, ...] | None = None
+    image_size: tuple[int, int] | None = None
+    preset: str = "tiny"
+    model: dict[str, Any] = {"image_size": 64, "depth": 6}
+    head: str | None = None
+    head_options: dict[str, Any] = {}
+    loss: str | None = None
+    loss_options: dict[str, Any] = {}
+    num_classes: int | None = None
+    reduce_zero_label: bool = False
+    depth_scale: float | None = None
+    data: DataConfig = DataConfig()
+    val_split: str | None = "val"
+    optim: OptimConfig = OptimConfig(blr=5e-4, betas=(0.9, 0.999), warmup_fraction=0.05)
+    layer_decay: float | None = 0.75
+    drop_path_rate: float = 0.1
+    batch_size: int = 16
+    steps: int | None = None
+    epochs: float | None = None
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    out_dir: str = "runs"
+    name: str | None = None
+    log_every: int = 10
+    eval_every: int = 100
+    checkpoint_every: int = 100
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, value: Any) -> Any:
+        return (value, value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if self.steps is None and self.epochs is None:
+            self.steps = 500
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay: must lie in (0, 1], got {self.layer_decay}")
+        return self

@@ -12,7 +12,7 @@ import click
 import typer
 
 from ..errors import MultiMAEError
-from . import data, export, info, plugins, predict, pretrain
+from . import data, export, finetune, info, plugins, predict, pretrain, pseudolabel
 
 
 def build_app() -> typer.Typer:
@@ -24,7 +24,9 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     pretrain.register(app)
+    finetune.register(app)
     predict.register(app)
+    pseudolabel.register(app)
     export.register(app)
     plugins.register(app)
     info.register(app)

@@ -63,7 +63,7 @@ def write_synthetic(out: str | Path, n: int, size: tuple[int, int], modalities: 
         "depth_scale": DEPTH_SCALE,
         "depth": "16-bit PNG, z-depth along the camera axis: metres = value / depth_scale",
         "normals": "8-bit RGB PNG of (n + 1) / 2 * 255, camera frame: x right, y up, z towards the camera",
-        "semseg": "8-bit PNG of class ids into `classes`",
+        "semseg": "8-bit palette PNG whose indices are class ids into `classes`",
         "seed": seed,
     })
     info.setdefault("splits", {})[split] = {"scenes": n, "size": list(size), "stream": split_seed(seed, split)}

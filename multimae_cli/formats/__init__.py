@@ -17,12 +17,59 @@ if TYPE_CHECKING:
 _LISTED = 6
 
 
+TASK_KEY = "multimae.task"
+
+
 def save_model(model: MultiMAE, path: str | Path) -> None:
-    """Write `model` as a native checkpoint (safetensors + config), atomically."""
+    """Write `model` (a MultiMAE, or a fine-tuned model with `.task_info`) as a native checkpoint
+    (safetensors + config), atomically."""
+    import json
+
     config = getattr(model, "config", None)
     if config is None:
         raise CheckpointError("this model has no .config: build it with create_model() or load_model()")
-    write_native(model.state_dict(), config, path)
+    task_info = getattr(model, "task_info", None)
+    extra = {TASK_KEY: json.dumps(task_info)} if task_info is not None else None
+    write_native(model.state_dict(), config, path, extra=extra)
+
+
+def read_task_info(path: str | Path) -> dict[str, Any] | None:
+    """The fine-tuning record of a native checkpoint (task, head, classes, ...), None for other files."""
+    import json
+
+    path = Path(path)
+    if not path.is_file() or not is_safetensors(path):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return json.loads(metadata[TASK_KEY]) if TASK_KEY in metadata else None
+
+
+def load_task_model(path: str | Path, **overrides: Any):
+    """A fine-tuned model (encoder + task head) written by `multimae finetune`. `overrides` as `load_model`."""
+    from ..registry import get_registry
+    from ..task import build_task_model
+
+    info = read_task_info(path)
+    if info is None:
+        raise CheckpointError(f"{path}: not a fine-tuned checkpoint (it has no task head)")
+    state_dict, metadata = read_safetensors(path)
+    config = config_from_metadata(metadata, path)
+    if overrides:
+        config = config.replace(**overrides)
+    from ..factory import create_model
+
+    backbone = create_model(config.replace(outputs=()))
+    model = build_task_model(backbone, get_registry().task(info["task"]), info["head"], info["num_outputs"],
+                             info.get("head_options"))
+    model.task_info = info
+    own = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+    own = {f"backbone.{k}": v for k, v in _resample_positions(own, backbone).items()}
+    own.update({k: v for k, v in state_dict.items() if not k.startswith("backbone.")})
+    load_weights(model, own, source=str(path))
+    return model
 
 
 def read_checkpoint(path: str | Path, **overrides: Any):
@@ -40,6 +87,8 @@ def read_checkpoint(path: str | Path, **overrides: Any):
     if safetensors:
         state_dict, metadata = read_safetensors(path)
         config = config_from_metadata(metadata, path)
+        if TASK_KEY in metadata:  # a fine-tuned file: its encoder, the task head left out
+            state_dict = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
     else:
         state_dict, args = read_torch_checkpoint(path)
     if is_timm_vit(state_dict):
@@ -100,7 +149,7 @@ def _resample_positions(state_dict: dict[str, torch.Tensor], model: MultiMAE) ->
     return out
 
 
-def load_weights(model: MultiMAE, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_weights(model, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load exactly: every key present, none extra, every shape equal, or one error listing what differs."""
     own = model.state_dict()
     missing = [key for key in own if key not in state_dict]

@@ -105,3 +105,38 @@ class PretrainObjective(nn.Module):
             per_modality[name] = loss(preds[name], targets[source], mask)
         total = sum(self.weights[name] * value for name, value in per_modality.items())
         return total, per_modality
+
+
+# ---------------------------------------------------------------- fine-tuning losses
+
+
+class BerHuLoss(nn.Module):
+    """Reverse Huber on valid pixels (target finite and > 0): L1 below c = `threshold` x the batch's largest
+    error, (e^2 + c^2) / 2c above (the official NYUv2 depth loss). `kind="l1"` gives plain L1."""
+
+    def __init__(self, kind: str = "berhu", threshold: float = 0.2) -> None:
+        super().__init__()
+        if kind not in ("berhu", "l1"):
+            raise ValueError(f"kind must be 'berhu' or 'l1', got {kind!r}")
+        self.kind, self.threshold = kind, threshold
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = torch.isfinite(target) & (target > 0)
+        error = (pred - torch.where(valid, target, pred.detach())).abs()[valid]
+        if error.numel() == 0:
+            return pred.sum() * 0.0
+        if self.kind == "l1":
+            return error.mean()
+        c = (self.threshold * error.max().detach()).clamp_min(1e-6)
+        return torch.where(error <= c, error, (error**2 + c**2) / (2 * c)).mean()
+
+
+class AngularLoss(nn.Module):
+    """Mean angle in radians between predicted and true normals (B, 3, H, W) on valid pixels (true norm > 0.5)."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target.norm(dim=1) > 0.5
+        cosine = F.cosine_similarity(pred, target, dim=1, eps=1e-6)[valid]
+        if cosine.numel() == 0:
+            return pred.sum() * 0.0
+        return torch.acos(cosine.clamp(-1 + 1e-6, 1 - 1e-6)).mean()

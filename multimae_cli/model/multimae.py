@@ -126,15 +126,20 @@ class MultiMAE(nn.Module):
     def forward_features(self, inputs: Mapping[str, torch.Tensor],
                          return_all_layers: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """All tokens, nothing masked: modalities in the given order, global tokens last (MultiViT output)."""
-        tokens, _ = self.tokenize(inputs)
+        return self.encode_unmasked(inputs, return_all_layers)[0]
+
+    def encode_unmasked(self, inputs: Mapping[str, torch.Tensor], return_all_layers: bool = False
+                        ) -> tuple[torch.Tensor | list[torch.Tensor], TokenLayout]:
+        """`forward_features` plus the token layout (what fine-tuning heads read)."""
+        tokens, layout = self.tokenize(inputs)
         x = self._append_global_tokens(tokens)
         if not return_all_layers:
-            return self.encoder(x)
+            return self.encoder(x), layout
         layers = []
         for block in self.encoder:
             x = block(x)
             layers.append(x)
-        return layers
+        return layers, layout
 
     def encode(
         self,

@@ -21,7 +21,7 @@ from ..errors import CheckpointError, ConfigError
 from ..formats import load_model, save_model
 from ..io import atomic_write_bytes
 
-LAST, PREVIOUS = "last", "last.prev"
+LAST, PREVIOUS, BEST = "last", "last.prev", "best"
 
 
 def _umask() -> int:
@@ -58,6 +58,14 @@ def save_checkpoint(run: Path, model, state: dict[str, Any]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return run / LAST
+
+
+def save_snapshot(run: Path, name: str, model) -> Path:
+    """Write the model alone as `run/<name>/model.safetensors` (e.g. `best/`), replacing it atomically."""
+    folder = run / name
+    folder.mkdir(exist_ok=True)
+    save_model(model, folder / "model.safetensors")
+    return folder
 
 
 def find_checkpoint(run: str | Path) -> Path:

@@ -1,0 +1,108 @@
+"""`multimae finetune` and `multimae eval`: a task head on a pretrained encoder, and its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..errors import ConfigError
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("finetune")
+    def finetune_command(
+        task: str | None = typer.Option(None, "--task", help="classification | semseg | depth | normals | ..."),
+        checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Pretrained weights (native, official "
+                                               ".pth or timm); none: a fresh encoder."),
+        inputs: str | None = typer.Option(None, "--inputs", help="Input modalities, e.g. rgb or rgb,depth."),
+        config: Path | None = typer.Option(None, "--config", help="YAML file of FinetuneConfig keys."),
+        assignments: list[str] = typer.Option(None, "--set", help="key=value, e.g. layer_decay=0.65 (repeatable)."),
+        data: Path | None = typer.Option(None, "--data", help="Folder dataset root (default: synthetic scenes)."),
+        image_size: int | None = typer.Option(None, "--image-size"),
+        batch_size: int | None = typer.Option(None, "--batch-size"),
+        steps: int | None = typer.Option(None, "--steps"),
+        epochs: float | None = typer.Option(None, "--epochs"),
+        precision: str | None = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32."),
+        device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda."),
+        out_dir: Path | None = typer.Option(None, "--out", help="Folder of runs (default: runs)."),
+        name: str | None = typer.Option(None, "--name"),
+        seed: int | None = typer.Option(None, "--seed"),
+        resume: Path | None = typer.Option(None, "--resume", help="Continue runs/<name> exactly where it stopped."),
+        quiet: bool = typer.Option(False, "--quiet"),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+    ) -> None:
+        """Fine-tune a task head (and the encoder) from a pretrained checkpoint."""
+        from ..config import FinetuneConfig, build_config, load_config
+
+        flags: dict[str, Any] = {}
+        if inputs:
+            flags["inputs"] = [m.strip() for m in inputs.split(",") if m.strip()]
+        if data is not None:
+            flags["data"] = {"source": "folder", "path": str(data)}
+        for key, value in (("task", task), ("checkpoint", str(checkpoint) if checkpoint else None),
+                           ("image_size", image_size), ("batch_size", batch_size), ("steps", steps),
+                           ("epochs", epochs), ("precision", precision), ("device", device), ("name", name),
+                           ("seed", seed), ("out_dir", str(out_dir) if out_dir else None)):
+            if value is not None:
+                flags[key] = value
+        if resume is not None:
+            if flags or config or assignments:
+                raise ConfigError("--resume continues a run with its saved config.yaml; give no other settings")
+            import yaml
+
+            saved = resume / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"{saved}: no such file (is {resume} a run folder?)")
+            settings = build_config(FinetuneConfig, yaml.safe_load(saved.read_text()))
+        else:
+            settings = load_config(FinetuneConfig, str(config) if config else None, flags, assignments)
+        from ..train.finetune import finetune
+
+        summary = finetune(settings, resume=resume, quiet=quiet or as_json)
+        if as_json:
+            typer.echo(json.dumps(summary))
+        elif not quiet:
+            typer.echo(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
+                       f"{summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
+            if summary["metrics"]:
+                _print_metrics(f"{summary['task']} (validation)", summary["metrics"])
+
+    @app.command("eval")
+    def eval_command(
+        checkpoint: Path = typer.Argument(..., help="A fine-tuned checkpoint (runs/<name>/best/model.safetensors)."),
+        data: Path | None = typer.Option(None, "--data", help="Folder dataset root (default: synthetic scenes)."),
+        split: str = typer.Option("val", "--split"),
+        batch_size: int = typer.Option(16, "--batch-size"),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        workers: int = typer.Option(0, "--workers"),
+        scenes: int = typer.Option(64, "--scenes", help="Synthetic scenes to evaluate when no --data is given."),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    ) -> None:
+        """Metrics of a fine-tuned checkpoint over a whole split (works under torchrun)."""
+        if device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device {device}: expected auto, cpu or cuda")
+        from ..train.finetune import evaluate_checkpoint
+
+        result = evaluate_checkpoint(checkpoint, data, split, batch_size, device, workers, scenes)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports the summed metrics
+            return
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            _print_metrics(f"{result['task']} on {result['split']} ({result['samples']} samples)", result["metrics"])

@@ -1,0 +1,121 @@
+"""Built-in fine-tuning tasks: classification, semantic segmentation, depth and surface normals.
+
+Heads, losses and metrics as the official fine-tuning: a linear head on mean-pooled tokens for
+classification, the ConvNeXt-style head (or DPT) for segmentation, DPT for depth and normals; BerHu or L1
+on valid depth pixels; cross-entropy ignoring label 255; the angle between normals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from multimae_cli import HeadContext, Task, hookimpl
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+IGNORE_INDEX = 255
+
+
+def _linear(ctx: HeadContext) -> nn.Module:
+    from multimae_cli.model.heads import LinearHead
+
+    return LinearHead(ctx.dim, ctx.num_outputs, **ctx.options)
+
+
+def _convnext(ctx: HeadContext) -> nn.Module:
+    from multimae_cli.model.heads import ConvNeXtHead
+
+    return ConvNeXtHead(ctx.dim, ctx.num_outputs, main_modalities=ctx.inputs, **ctx.options)
+
+
+def _dpt(head_type: str):
+    def factory(ctx: HeadContext) -> nn.Module:
+        from multimae_cli.model.heads import DPTHead
+
+        return DPTHead(ctx.dim, ctx.num_outputs, main_modalities=ctx.inputs, head_type=head_type, **ctx.options)
+
+    return factory
+
+
+def _cross_entropy(options: Mapping[str, Any]) -> nn.Module:
+    import torch
+
+    return torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, **options)
+
+
+def _depth_loss(kind: str):
+    def factory(options: Mapping[str, Any]) -> nn.Module:
+        from multimae_cli.model.losses import BerHuLoss
+
+        return BerHuLoss(kind, **options)
+
+    return factory
+
+
+def _angular(options: Mapping[str, Any]) -> nn.Module:
+    from multimae_cli.model.losses import AngularLoss
+
+    return AngularLoss(**options)
+
+
+def _classification_metrics(num_outputs: int):
+    from multimae_cli.metrics import ClassificationMetrics
+
+    return ClassificationMetrics(num_outputs)
+
+
+def _segmentation_metrics(num_outputs: int):
+    from multimae_cli.metrics import SegmentationMetrics
+
+    return SegmentationMetrics(num_outputs, ignore_index=IGNORE_INDEX)
+
+
+def _depth_metrics(num_outputs: int):
+    from multimae_cli.metrics import DepthMetrics
+
+    return DepthMetrics()
+
+
+def _normals_metrics(num_outputs: int):
+    from multimae_cli.metrics import NormalsMetrics
+
+    return NormalsMetrics()
+
+
+def _depth_target(depth: torch.Tensor, depth_scale: float) -> torch.Tensor:
+    """File units -> metres (0 and non-finite stay invalid)."""
+    return depth.float() / depth_scale
+
+
+def _labels_target(labels: torch.Tensor, depth_scale: float) -> torch.Tensor:
+    return labels.long()
+
+
+def _normals_target(normals: torch.Tensor, depth_scale: float) -> torch.Tensor:
+    return normals.float()
+
+
+@hookimpl
+def register_tasks(register):
+    register(Task(
+        name="classification", kind="classification", description="image classes from class folders",
+        heads={"linear": _linear}, losses={"cross_entropy": _cross_entropy}, metrics=_classification_metrics,
+    ))
+    register(Task(
+        name="semseg", kind="dense", target="semseg", description="semantic segmentation (labels 255 ignored)",
+        heads={"convnext": _convnext, "dpt": _dpt("semseg")}, losses={"cross_entropy": _cross_entropy},
+        metrics=_segmentation_metrics, prepare_target=_labels_target,
+    ))
+    register(Task(
+        name="depth", kind="dense", target="depth", num_outputs=1, description="metric depth (DPT head)",
+        heads={"dpt": _dpt("regression")}, losses={"berhu": _depth_loss("berhu"), "l1": _depth_loss("l1")},
+        metrics=_depth_metrics, prepare_target=_depth_target,
+    ))
+    register(Task(
+        name="normals", kind="dense", target="normals", num_outputs=3, description="surface normals (DPT head)",
+        heads={"dpt": _dpt("regression")}, losses={"angular": _angular}, metrics=_normals_metrics,
+        prepare_target=_normals_target,
+    ))

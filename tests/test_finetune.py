@@ -1,0 +1,158 @@
+"""`multimae finetune` / `multimae eval`: every built-in task trains and evaluates; DDP eval; bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from multimae_cli import ModelConfig, create_model, save_model
+from multimae_cli.config import FinetuneConfig, build_config
+from multimae_cli.errors import ConfigError, InputError, UnknownModalityError
+from multimae_cli.formats import load_task_model
+from multimae_cli.train.finetune import evaluate_checkpoint, finetune
+
+SMALL_DPT = {"feature_dim": 16, "layer_dims": [8, 16, 16, 32]}
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """A tiny rgb+depth pretraining checkpoint (random weights: these tests check plumbing)."""
+    torch.manual_seed(0)
+    config = ModelConfig(inputs=("rgb", "depth"), outputs=("rgb", "depth"), image_size=32, patch_size=8, dim=32,
+                         depth=4, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_num_heads=2,
+                         num_encoded_tokens=8)
+    path = tmp_path_factory.mktemp("enc") / "enc.safetensors"
+    save_model(create_model(config), path)
+    return path
+
+
+def settings(tmp_path, **values) -> FinetuneConfig:
+    base = {"image_size": 32, "batch_size": 4, "steps": 4, "eval_every": 4, "checkpoint_every": 4,
+            "log_every": 2, "device": "cpu", "out_dir": str(tmp_path / "runs"),
+            "data": {"synthetic_scenes": 32, "val_scenes": 16, "render_size": 48, "workers": 0}}
+    return build_config(FinetuneConfig, {**base, **values})
+
+
+@pytest.mark.parametrize(("task", "head_options", "main"), [
+    ("depth", SMALL_DPT, "delta1"),
+    ("semseg", {"embed_dim": 64, "depth": 1}, "mIoU"),
+    ("normals", SMALL_DPT, "mean"),
+])
+def test_dense_tasks_train_save_and_evaluate(tmp_path, encoder, task, head_options, main):
+    summary = finetune(settings(tmp_path, task=task, checkpoint=str(encoder), inputs=["rgb"], name=task,
+                                head_options=head_options), quiet=True)
+    assert summary["steps"] == 4 and np.isfinite(summary["final_loss"]) and main in summary["metrics"]
+    best = tmp_path / "runs" / task / "best" / "model.safetensors"
+    model = load_task_model(best)
+    assert model.task_info["task"] == task and model.config.inputs == ("rgb",)
+    result = evaluate_checkpoint(best, split="val", batch_size=4, device="cpu", synthetic_scenes=8)
+    assert result["samples"] == 8 and set(result["metrics"]) == set(summary["metrics"])
+    if task == "semseg":
+        assert model.task_info["num_outputs"] == 6  # the synthetic scenes' classes
+
+
+def test_resume_continues_exactly(tmp_path, encoder, monkeypatch):
+    from multimae_cli.train import checkpoint as ckpt
+    from multimae_cli.train.pretrain import TrainingStopped
+
+    common = {"task": "depth", "checkpoint": str(encoder), "inputs": ["rgb", "depth"], "head_options": SMALL_DPT,
+              "val_split": None, "steps": 4}
+    straight = finetune(settings(tmp_path, name="straight", **common), quiet=True)
+    original = ckpt.append_metrics
+
+    def interrupt_at_step_2(run, record):
+        original(run, record)
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "append_metrics", interrupt_at_step_2)
+    with pytest.raises(TrainingStopped, match="interrupted at step 2"):
+        finetune(settings(tmp_path, name="resumed", **common), quiet=True)
+    monkeypatch.setattr(ckpt, "append_metrics", original)
+    resumed = finetune(settings(tmp_path, name="resumed", **common), resume=tmp_path / "runs" / "resumed", quiet=True)
+    assert resumed["steps"] == 4
+    a = load_task_model(tmp_path / "runs" / "straight" / "last" / "model.safetensors").state_dict()
+    b = load_task_model(tmp_path / "runs" / "resumed" / "last" / "model.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["final_loss"] == resumed["final_loss"]
+
+
+def test_classification_from_class_folders(tmp_path, encoder):
+    from multimae_plugins import rgb
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("val", 6)):
+        for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            folder = tmp_path / "data" / split / "rgb" / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = np.clip(np.array(colour) + rng.integers(-20, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
+                rgb.write(folder / f"{i}.png", image)
+    summary = finetune(settings(tmp_path, task="classification", checkpoint=str(encoder), inputs=["rgb"],
+                                name="cls", steps=6, data={"source": "folder", "path": str(tmp_path / "data")}),
+                       quiet=True)
+    assert set(summary["metrics"]) == {"top1", "top5"}
+    model = load_task_model(tmp_path / "runs" / "cls" / "best" / "model.safetensors")
+    assert model.task_info["classes"] == ["blue", "red"]
+    result = run_cli("eval", str(tmp_path / "runs" / "cls" / "best" / "model.safetensors"), "--data",
+                     str(tmp_path / "data"), "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["samples"] == 12
+
+
+def test_official_fixture_into_each_head_at_another_resolution(tmp_path, tiny_pth):
+    for task, head, options in (("classification", "linear", {}), ("semseg", "convnext", {"embed_dim": 64}),
+                                ("semseg", "dpt", SMALL_DPT), ("depth", "dpt", SMALL_DPT)):
+        from multimae_cli.formats import load_model
+        from multimae_cli.registry import get_registry
+        from multimae_cli.task import build_task_model
+
+        backbone = load_model(tiny_pth, inputs=("rgb",), outputs=(), image_size=(96, 128))
+        model = build_task_model(backbone, get_registry().task(task), head, 5, options).eval()
+        out = model({"rgb": torch.randn(2, 3, 96, 128)})
+        assert out.shape == ((2, 5) if task == "classification" else (2, 5, 96, 128))
+
+
+def test_eval_under_two_processes_equals_one(tmp_path, encoder):
+    finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["rgb"], name="d",
+                      head_options=SMALL_DPT, steps=2, val_split=None), quiet=True)
+    ckpt = tmp_path / "runs" / "d" / "last" / "model.safetensors"
+    single = evaluate_checkpoint(ckpt, split="val", batch_size=3, device="cpu", synthetic_scenes=7)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+         "-m", "multimae_cli", "eval", str(ckpt), "--json", "--device", "cpu", "--batch-size", "3",
+         "--scenes", "7"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert single["metrics"]["delta1"] < 1  # with random weights: a non-trivial set of sums to compare
+    ddp = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ddp["samples"] == single["samples"]
+    for key, value in single["metrics"].items():
+        assert ddp["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_bad_inputs(tmp_path, encoder):
+    with pytest.raises(Exception, match="unknown task 'segmentation'"):
+        finetune(settings(tmp_path, task="segmentation", checkpoint=str(encoder)), quiet=True)
+    with pytest.raises(ConfigError, match="semseg not in the checkpoint"):
+        finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["rgb", "semseg"],
+                          head_options=SMALL_DPT), quiet=True)
+    with pytest.raises(UnknownModalityError, match="thermal"):
+        finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["thermal"]), quiet=True)
+    data = tmp_path / "data" / "train" / "rgb" / "s"
+    data.mkdir(parents=True)
+    from multimae_plugins import rgb
+
+    rgb.write(data / "a.png", np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(InputError, match="missing folder for modality 'depth'"):
+        finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["rgb"],
+                          data={"source": "folder", "path": str(tmp_path / "data")}), quiet=True)
+    result = run_cli("finetune", "--task", "depth", "--set", "layer_decay=2", "--device", "cpu")
+    assert result.returncode == 2 and "layer_decay" in result.stderr and "Traceback" not in result.stderr
