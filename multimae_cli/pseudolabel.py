@@ -1,0 +1,391 @@
+"""Pseudo-labelling: turn any folder of rgb images into the multi-modal dataset `pretrain` reads.
+
+MultiMAE needs no multi-modal dataset: depth, semantics, normals, ... are made from rgb by teachers (the paper
+used DPT for depth and Mask2Former for semseg). Teachers are plugins (`register_pseudolabelers`); a spec
+`MOD=NAME[:ARG][,KEY=VALUE...]` picks one per modality, and modalities without a spec get the teacher that
+declares itself their default (normals from depth, edges from rgb). Teachers run in dependency order per
+batch, so normals can be made from depth predicted moments earlier in the same run.
+
+The output is `OUT/<split>/<modality>/<key>.<ext>`, `key` being the image's path below RGB_DIR without its
+extension, plus `OUT/pseudolabel.json`, the manifest of each split's teachers and of versions. A run is
+resumable: outputs already written and readable are kept (and reused as teacher inputs), so an interrupted
+run picks up where it stopped. Nothing is overwritten without `overwrite`; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .data.folder import read_checked
+from .errors import ConfigError, InputError, PluginError
+from .io import atomic_write_bytes, publish
+from .modality import Modality
+from .teacher import Labeler, Teacher, TeacherRequest, TeacherSpec
+
+MANIFEST = "pseudolabel.json"
+RGB_MODES = ("copy", "link", "symlink")
+
+
+@dataclass
+class Step:
+    """One modality to make: its teacher, resolved and (once the checks pass) loaded."""
+
+    modality: Modality
+    spec: TeacherSpec
+    teacher: Teacher
+    labeler: Labeler | None = None
+
+
+@dataclass
+class Job:
+    """One image of a batch: what is still to be made and the arrays read or made so far."""
+
+    key: str
+    source: Path
+    todo: list[str] = field(default_factory=list)
+    sample: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+# ---------------------------------------------------------------- resolving teachers
+
+
+def parse_teacher_options(values: Sequence[str]) -> dict[str, str]:
+    """`MOD=SPEC` strings (the `--teacher` flags) as {modality: spec}."""
+    found: dict[str, str] = {}
+    for value in values:
+        name, sep, spec = value.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise ConfigError(f"--teacher {value}: expected MODALITY=TEACHER[:ARG], e.g. depth=hf:models/dpt")
+        if name.strip() in found:
+            raise ConfigError(f"--teacher {value}: a teacher for {name.strip()} is already given")
+        found[name.strip()] = spec.strip()
+    return found
+
+
+def resolve_steps(names: Sequence[str], specs: Mapping[str, str], teachers: Mapping[str, Teacher],
+                  modalities: Mapping[str, Modality], available: set[str], data_dir: Path) -> list[Step]:
+    """A teacher for every modality in `names`, ordered so each one's needs are made before it.
+
+    `available` holds modalities already in the dataset (`data_dir`), readable as teacher inputs.
+    """
+    listing = ", ".join(teachers) or "none registered"
+    for name in specs:
+        if name not in names:
+            raise ConfigError(f"--teacher {name}={specs[name]}: {name} is not among --modalities ({', '.join(names)})")
+    made = set(names) | {"rgb"}
+    steps: dict[str, Step] = {}
+    for name in names:
+        modality = modalities[name]
+        if modality.write is None:
+            raise ConfigError(f"--modalities {name}: the {name!r} plugin has no writer, so it cannot be saved")
+        if name in specs:
+            spec = TeacherSpec.parse(specs[name])
+            if spec.name not in teachers:
+                raise ConfigError(f"--teacher {name}={specs[name]}: no teacher named {spec.name!r} "
+                                  f"(registered: {listing})")
+            teacher = teachers[spec.name]
+            if not teacher.can_make(name):
+                raise ConfigError(f"--teacher {name}={specs[name]}: teacher {teacher.name} makes "
+                                  f"{', '.join(teacher.produces)}, not {name}")
+        else:
+            defaults = [t for t in teachers.values() if name in t.default_for]
+            ready = [t for t in defaults if set(t.needs) <= made | available]
+            if not defaults:
+                raise ConfigError(f"--modalities {name}: no teacher makes {name} by default; name one with "
+                                  f"--teacher {name}=NAME[:ARG] (teachers: {listing}; see multimae pseudolabel --help)")
+            teacher, spec = (ready or defaults)[0], TeacherSpec((ready or defaults)[0].name)
+        missing = [need for need in teacher.needs if need not in made | available]
+        if missing:
+            raise ConfigError(f"--modalities {name}: teacher {teacher.name} needs {missing[0]}; add {missing[0]} to "
+                              f"--modalities (with a --teacher) or put {missing[0]} files in {data_dir / missing[0]}")
+        steps[name] = Step(modality, spec, teacher)
+    return _in_dependency_order(steps)
+
+
+def _in_dependency_order(steps: dict[str, Step]) -> list[Step]:
+    ordered: list[Step] = []
+    placing: list[str] = []
+
+    def place(name: str) -> None:
+        if any(step.modality.name == name for step in ordered):
+            return
+        if name in placing:
+            raise ConfigError(f"teachers need each other in a circle: {' -> '.join([*placing, name])}")
+        placing.append(name)
+        for need in steps[name].teacher.needs:
+            if need in steps:
+                place(need)
+        placing.pop()
+        ordered.append(steps[name])
+
+    for name in steps:
+        place(name)
+    return ordered
+
+
+# ---------------------------------------------------------------- files
+
+
+def list_rgb(rgb_dir: Path, extensions: Sequence[str]) -> list[tuple[str, Path]]:
+    """(key, file) for every image below `rgb_dir`; key = relative path without extension."""
+    if not rgb_dir.is_dir():
+        raise InputError(f"{rgb_dir}: no such folder")
+    found: dict[str, Path] = {}
+    for path in sorted(rgb_dir.rglob("*")):
+        if path.is_file() and path.suffix.lower() in extensions and not path.name.startswith("."):
+            key = path.relative_to(rgb_dir).with_suffix("").as_posix()
+            if key in found:
+                raise InputError(f"{path}: same name as {found[key].name}; both would be sample {key!r}")
+            found[key] = path
+    if not found:
+        raise InputError(f"{rgb_dir}: no image files ({', '.join(extensions)}) in this folder")
+    return list(found.items())
+
+
+def place_rgb(source: Path, target: Path, mode: str) -> None:
+    """Copy, hard-link or symlink the source image into the dataset, atomically (a hard link across file
+    systems falls back to a copy)."""
+    if mode == "copy":
+        atomic_write_bytes(target, source.read_bytes())
+        return
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        if mode == "symlink":
+            os.symlink(source.resolve(), tmp)
+            os.replace(tmp, target)
+            return
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            publish(tmp, target)
+            return
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _valid(path: Path, modality: Modality) -> bool:
+    try:
+        read_checked(path, modality)
+    except InputError:
+        return False
+    return True
+
+
+def _versions() -> dict[str, str]:
+    """Versions of what made the labels: Python, multimae and the libraries the teachers loaded."""
+    from . import __version__
+
+    versions = {"python": platform.python_version(), "multimae": __version__}
+    for module, dist in (("numpy", "numpy"), ("cv2", "opencv-python-headless"), ("torch", "torch"),
+                         ("timm", "timm"), ("transformers", "transformers")):
+        if module in sys.modules:
+            try:
+                versions[module] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                versions[module] = getattr(sys.modules[module], "__version__", "unknown")
+    return versions
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable manifest ({exc}); move it away to start afresh") from None
+    return manifest if isinstance(manifest, dict) else {}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def pseudolabel(
+    rgb_dir: str | Path,
+    out: str | Path,
+    modalities: Sequence[str],
+    teachers: Mapping[str, str] | None = None,
+    split: str = "train",
+    batch_size: int = 8,
+    workers: int = 2,
+    device: str = "auto",
+    rgb_mode: str = "copy",
+    overwrite: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Make `modalities` for every image below `rgb_dir` and write them, with the images, to `out/<split>/`.
+
+    `teachers` maps a modality to a teacher spec `NAME[:ARG][,KEY=VALUE...]` (e.g. `{"depth": "hf:models/dpt",
+    "semseg": "multimae:run/best"}`); others get their default teacher. `workers` threads read and write files
+    while teachers run; `progress(done, total, images_per_second)` is called after every batch. Unreadable
+    images are skipped and reported (`skipped`, `skipped_files`). Returns the run's summary; the manifest
+    `out/pseudolabel.json` records teachers, their settings and versions.
+    """
+    from .registry import get_registry
+
+    if batch_size < 1 or workers < 1:
+        raise ConfigError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}")
+    if rgb_mode not in RGB_MODES:
+        raise ConfigError(f"--rgb {rgb_mode}: expected one of {', '.join(RGB_MODES)}")
+    rgb_dir, out = Path(rgb_dir), Path(out)
+    data_dir = out / split
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if rgb_dir.is_dir() and data_dir.resolve().is_relative_to(rgb_dir.resolve()):
+        raise ConfigError(f"--out {out}: the dataset would lie inside {rgb_dir}; pick a folder outside it")
+    registry = get_registry()
+    names = list(dict.fromkeys(n for n in modalities if n != "rgb"))
+    if not names:
+        raise ConfigError("--modalities: name at least one modality to make besides rgb")
+    rgb = registry.modality("rgb")
+    for name in names:
+        registry.modality(name)  # an unknown name fails here, listing the known ones
+    known = registry.modalities()
+    available = {p.name for p in data_dir.iterdir() if p.is_dir() and p.name in known} if data_dir.is_dir() else set()
+    steps = resolve_steps(names, teachers or {}, registry.teachers(), known, available, data_dir)
+    images = list_rgb(rgb_dir, rgb.extensions)
+
+    manifest_path = out / MANIFEST
+    manifest = _read_manifest(manifest_path)
+    record = manifest.setdefault("splits", {}).setdefault(split, {})
+    for step in steps:
+        earlier = record.get("teachers", {}).get(step.modality.name, {}).get("spec")
+        folder = data_dir / step.modality.name
+        if earlier and earlier != str(step.spec) and not overwrite and folder.is_dir() and any(folder.iterdir()):
+            raise ConfigError(f"{manifest_path}: {step.modality.name} was made by {earlier}, not {step.spec} "
+                              "(pass --overwrite to replace it, or write to another --out)")
+
+    owners = {name: info for info in registry.plugins.values() for name in info.teachers}
+    for step in steps:
+        request = TeacherRequest(step.modality, step.spec.arg, step.spec.options, device)
+        step.labeler = step.teacher.load(request)
+        if not isinstance(step.labeler, Labeler):
+            raise PluginError(f"teacher {step.teacher.name}: load returned {type(step.labeler).__name__}, "
+                              "not a Labeler")
+    for name in ["rgb", *names]:
+        (data_dir / name).mkdir(parents=True, exist_ok=True)
+    recorded = record.setdefault("teachers", {})
+    for step in steps:
+        owner = owners.get(step.teacher.name)
+        recorded[step.modality.name] = {
+            "spec": str(step.spec), "teacher": step.teacher.name, "needs": list(step.teacher.needs),
+            "plugin": owner.name if owner else None, "plugin_version": owner.version if owner else None,
+            **step.labeler.info,
+        }
+    manifest.update({"generator": "multimae pseudolabel", "versions": _versions()})
+    record["source"] = str(rgb_dir)
+    atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+
+    def target(key: str, name: str, source: Path) -> Path:
+        extension = source.suffix.lower() if name == "rgb" else known[name].extensions[0]
+        return data_dir / name / f"{key}{extension}"
+
+    def prepare(key: str, source: Path) -> Job:
+        """What this image still lacks, and its rgb plus any existing files the teachers still to run need."""
+        job = Job(key, source)
+        rgb_target = target(key, "rgb", source)
+        if not (rgb_target.exists() and os.path.samefile(rgb_target, source)):
+            if overwrite or not rgb_target.exists():
+                job.todo.append("rgb")
+            elif not _valid(rgb_target, rgb):
+                job.error = f"{rgb_target}: exists but is not a valid rgb file (pass --overwrite to replace it)"
+                return job
+        for step in steps:
+            path = target(key, step.modality.name, source)
+            if overwrite or not path.exists():
+                job.todo.append(step.modality.name)
+            elif not _valid(path, step.modality):
+                job.error = f"{path}: exists but is not a valid {step.modality.name} file (pass --overwrite)"
+                return job
+        if not job.todo:
+            return job
+        try:
+            job.sample["rgb"] = read_checked(source, rgb)
+            wanted = {need for step in steps if step.modality.name in job.todo for need in step.teacher.needs}
+            for need in sorted(wanted - set(job.todo) - {"rgb"}):
+                found = [data_dir / need / f"{key}{ext}" for ext in known[need].extensions]
+                found = [p for p in found if p.is_file()]
+                if not found:
+                    raise InputError(f"{data_dir / need}: no {need} file for {key!r}, which a teacher needs")
+                job.sample[need] = read_checked(found[0], known[need])
+        except InputError as exc:
+            job.error = str(exc)
+        return job
+
+    def finish(job: Job) -> None:
+        for name in job.todo:
+            path = target(job.key, name, job.source)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if name == "rgb":
+                place_rgb(job.source, path, rgb_mode)
+            else:
+                known[name].write(path, job.sample[name])
+
+    started = time.perf_counter()
+    labelled = done_before = written = 0
+    skipped: list[str] = []
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    with ThreadPoolExecutor(workers) as pool:
+        ahead = [pool.submit(prepare, key, source) for key, source in batches[0]]
+        for number in range(len(batches)):
+            jobs = [future.result() for future in ahead]
+            if number + 1 < len(batches):  # read the next batch while the teachers work on this one
+                ahead = [pool.submit(prepare, key, source) for key, source in batches[number + 1]]
+            skipped += [job.error for job in jobs if job.error]
+            done_before += sum(1 for job in jobs if not job.error and not job.todo)
+            work = [job for job in jobs if job.todo and not job.error]
+            for step in steps:
+                name = step.modality.name
+                todo = [job for job in work if name in job.todo]
+                if todo:
+                    for job, array in zip(todo, step.labeler.label([job.sample for job in todo]), strict=True):
+                        _check_output(step, job, array)
+                        job.sample[name] = array
+            for future in [pool.submit(finish, job) for job in work]:
+                future.result()
+            labelled += len(work)
+            written += sum(len(job.todo) for job in work)
+            if progress:
+                seconds = time.perf_counter() - started
+                progress(labelled + done_before + len(skipped), len(images), labelled / max(seconds, 1e-9))
+
+    seconds = time.perf_counter() - started
+    summary = {
+        "source": str(rgb_dir), "out": str(data_dir), "modalities": ["rgb", *[s.modality.name for s in steps]],
+        "teachers": {step.modality.name: str(step.spec) for step in steps}, "images": len(images),
+        "labelled": labelled, "already_done": done_before, "skipped": len(skipped), "skipped_files": skipped,
+        "files_written": written, "seconds": round(seconds, 3),
+        "images_per_s": round(labelled / seconds, 2) if labelled else 0.0, "manifest": str(manifest_path),
+    }
+    record.update({k: summary[k] for k in ("images", "skipped", "skipped_files")})
+    record["complete"] = labelled + done_before == len(images)
+    atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return summary
+
+
+def _check_output(step: Step, job: Job, array) -> None:
+    """A teacher must answer at the image's own size (a plugin bug otherwise, named as such)."""
+    height, width = job.sample["rgb"].shape[:2]
+    if array is None or tuple(array.shape[:2]) != (height, width):
+        shape = None if array is None else tuple(array.shape)
+        raise PluginError(f"teacher {step.teacher.name} returned shape {shape} for {job.source} "
+                          f"({height}x{width}); teachers must answer at the image's size")
