@@ -8,18 +8,20 @@ import typer
 
 
 def list_plugins() -> list[dict]:
-    """Every discovered plugin as a dict: name, module, source, version, modalities, error."""
+    """Every discovered plugin as a dict: name, module, source, version, modalities, tasks, teachers, error."""
     from ..registry import get_registry
 
     registry = get_registry()
-    registry.modalities()  # collects registrations and records plugins that fail in their hook
+    registry.modalities()  # collect registrations, recording plugins that fail in their hooks
+    registry.tasks()
+    registry.teachers()
     return [info.as_dict() for info in registry.plugins.values()]
 
 
 def register(app: typer.Typer) -> None:
     @app.command("plugins")
     def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-        """List the loaded plugins with their version, source and modalities."""
+        """List the loaded plugins with their version, source and what they add."""
         rows = list_plugins()
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
@@ -27,8 +29,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("plugin", "source", "version", "modalities", "status")
+        table = Table("plugin", "source", "version", "adds", "status")
         for row in rows:
             status = f"[red]{row['error']}[/red]" if row["error"] else "ok"
-            table.add_row(row["name"], row["source"], row["version"] or "", ", ".join(row["modalities"]), status)
+            adds = [f"{kind}: {', '.join(row[kind])}" for kind in ("modalities", "tasks", "teachers") if row[kind]]
+            table.add_row(row["name"], row["source"], row["version"] or "", "; ".join(adds), status)
         Console().print(table)
