@@ -149,17 +149,11 @@ class OptimConfig(BaseModel):
     accum_steps: int = 1
 
 
-class PretrainConfig(BaseModel):
-    """A whole pretraining run. `model` holds ModelConfig fields on top of `preset`."""
+class RunConfig(BaseModel):
+    """What every training run has: length, batch, precision, device, seed, where it is written."""
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: str = "tiny"
-    model: dict[str, Any] = {"image_size": 64, "depth": 6}
-    norm_pix_target: bool = True
-    loss_weights: dict[str, float] = {}
-    data: DataConfig = DataConfig()
-    optim: OptimConfig = OptimConfig(blr=8e-3)  # lr 5e-4 at batch 16: the tiny CPU recipe
     batch_size: int = 16
     steps: int | None = None
     epochs: float | None = None
@@ -171,6 +165,19 @@ class PretrainConfig(BaseModel):
     name: str | None = None
     log_every: int = 10
     checkpoint_every: int = 100
+
+
+class PretrainConfig(RunConfig):
+    """A whole pretraining run. `model` holds ModelConfig fields on top of `preset`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = "tiny"
+    model: dict[str, Any] = {"image_size": 64, "depth": 6}
+    norm_pix_target: bool = True
+    loss_weights: dict[str, float] = {}
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig(blr=8e-3)  # lr 5e-4 at batch 16: the tiny CPU recipe
     preview_every: int = 100
 
     @model_validator(mode="after")
@@ -257,7 +264,7 @@ def load_config(cls: type[BaseModel], config_file: str | None = None, flags: dic
 # ---------------------------------------------------------------- fine-tuning
 
 
-class FinetuneConfig(BaseModel):
+class FinetuneConfig(RunConfig):
     """A fine-tuning run: a task's head on a pretrained encoder (or a fresh one when `checkpoint` is None)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -280,18 +287,7 @@ class FinetuneConfig(BaseModel):
     optim: OptimConfig = OptimConfig(blr=5e-4, betas=(0.9, 0.999), warmup_fraction=0.05)
     layer_decay: float | None = 0.75
     drop_path_rate: float = 0.1
-    batch_size: int = 16
-    steps: int | None = None
-    epochs: float | None = None
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    compile: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
-    out_dir: str = "runs"
-    name: str | None = None
-    log_every: int = 10
     eval_every: int = 100
-    checkpoint_every: int = 100
 
     @field_validator("image_size", mode="before")
     @classmethod

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
     ) -> None:
         """Fine-tune a task head (and the encoder) from a pretrained checkpoint."""
-        from ..config import FinetuneConfig, build_config, load_config
+        from ..config import FinetuneConfig, load_config
 
         flags: dict[str, Any] = {}
         if inputs:
@@ -64,12 +64,9 @@ def register(app: typer.Typer) -> None:
         if resume is not None:
             if flags or config or assignments:
                 raise ConfigError("--resume continues a run with its saved config.yaml; give no other settings")
-            import yaml
+            from ..train.checkpoint import saved_config
 
-            saved = resume / "config.yaml"
-            if not saved.is_file():
-                raise ConfigError(f"{saved}: no such file (is {resume} a run folder?)")
-            settings = build_config(FinetuneConfig, yaml.safe_load(saved.read_text()))
+            settings = saved_config(FinetuneConfig, resume)
         else:
             settings = load_config(FinetuneConfig, str(config) if config else None, flags, assignments)
         from ..train.finetune import finetune

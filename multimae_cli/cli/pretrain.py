@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
     ) -> None:
         """Pretrain MultiMAE (default: the tiny preset on synthetic scenes, CPU-friendly)."""
-        from ..config import PretrainConfig, build_config, load_pretrain_config
+        from ..config import PretrainConfig, load_pretrain_config
 
         flags: dict[str, Any] = {}
         model: dict[str, Any] = {}
@@ -53,12 +53,9 @@ def register(app: typer.Typer) -> None:
         if resume is not None:
             if flags or config or assignments:
                 raise ConfigError("--resume continues a run with its saved config.yaml; give no other settings")
-            import yaml
+            from ..train.checkpoint import saved_config
 
-            saved = resume / "config.yaml"
-            if not saved.is_file():
-                raise ConfigError(f"{saved}: no such file (is {resume} a run folder?)")
-            settings = build_config(PretrainConfig, yaml.safe_load(saved.read_text()))
+            settings = saved_config(PretrainConfig, resume)
         else:
             settings = load_pretrain_config(str(config) if config else None, flags, assignments)
         from ..train.pretrain import pretrain

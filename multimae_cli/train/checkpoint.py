@@ -39,6 +39,39 @@ def create_run_dir(out_dir: str | Path, name: str) -> Path:
     return run
 
 
+def open_run(config, prefix: str, info) -> Path:
+    """A new run folder `out_dir/<name>` (default `<prefix>-<time>`; every rank uses rank 0's name), with
+    its `config.yaml` written by rank 0."""
+    import time
+
+    name = config.name or time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    if info.world > 1:  # ranks may start in different seconds
+        import torch.distributed as dist
+
+        shared = [name]
+        dist.broadcast_object_list(shared, src=0)
+        name = shared[0]
+    run = Path(config.out_dir) / name
+    if info.is_main:
+        import yaml
+
+        run = create_run_dir(config.out_dir, name)
+        (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return run
+
+
+def saved_config(cls, run: str | Path):
+    """The config a run folder was started with (for `--resume`)."""
+    import yaml
+
+    from ..config import build_config
+
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (is {run} a run folder?)")
+    return build_config(cls, yaml.safe_load(path.read_text()))
+
+
 def save_checkpoint(run: Path, model, state: dict[str, Any]) -> Path:
     """Write model + training state as `run/last/`, keeping the previous one until the new one is complete."""
     tmp = Path(tempfile.mkdtemp(dir=run, prefix=".last-"))

@@ -8,7 +8,6 @@ the chosen inputs and resampled to the chosen size. Evaluation accumulates metri
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ from ..factory import create_model, resolve_modalities
 from ..registry import get_registry
 from ..task import Task, build_task_model
 from . import checkpoint as ckpt
-from .distributed import DistInfo, EpochSampler, average, setup, teardown
+from .distributed import DistInfo, EpochSampler, average
 from .optim import build_optimizer, build_schedule
-from .pretrain import TrainingStopped, resolve_device, resolve_precision
+from .pretrain import TrainingStopped, launch, resolve_precision
 
 TARGET = "target"
 
@@ -240,15 +239,7 @@ def _resolve(config: FinetuneConfig) -> tuple[Task, dict]:
 
 def finetune(config: FinetuneConfig, resume: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) a fine-tuning run; returns a summary. Writes `runs/<name>/` (`last/`, `best/`)."""
-    device = resolve_device(config.device)
-    info = setup(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    try:
-        return _run(config, resume, quiet, device, info)
-    finally:
-        teardown()
+    return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info))
 
 
 def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
@@ -290,17 +281,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         model.task_info = {"task": task.name, "head": head, "head_options": config.head_options,
                            "num_outputs": num_outputs, "classes": classes, "depth_scale": depth_scale(config),
                            "reduce_zero_label": config.reduce_zero_label}
-        name = config.name or time.strftime(f"finetune-{task.name}-%Y%m%d-%H%M%S")
-        if info.world > 1:
-            shared = [name]
-            dist.broadcast_object_list(shared, src=0)
-            name = shared[0]
-        run = Path(config.out_dir) / name
-        if info.is_main:
-            run = ckpt.create_run_dir(config.out_dir, name)
-            import yaml
-
-            (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        run = ckpt.open_run(config, f"finetune-{task.name}", info)
     model_config = model.config
     modalities = resolve_modalities(model_config, names=[*inputs, *([task.target] if task.target else [])])
     scale, zero = model.task_info["depth_scale"], model.task_info["reduce_zero_label"]
@@ -433,11 +414,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     from ..config import DataConfig
     from ..formats import load_task_model
 
-    torch_device = resolve_device(device)
-    info = setup(torch_device.type)
-    if torch_device.type == "cuda":
-        torch_device = torch.device("cuda", info.local_rank)
-    try:
+
+    def body(torch_device: torch.device, info: DistInfo) -> dict[str, Any]:
         model = load_task_model(checkpoint).to(torch_device)
         task = get_registry().task(model.task_info["task"])
         inputs = list(model.config.inputs)
@@ -460,5 +438,5 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
                            model.task_info["reduce_zero_label"])
         return {"checkpoint": str(checkpoint), "task": task.name, "split": split, "samples": len(dataset),
                 "metrics": metrics}
-    finally:
-        teardown()
+
+    return launch(device, body)

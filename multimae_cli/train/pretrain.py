@@ -108,13 +108,18 @@ def parts_of(values: dict[str, float]):
 
 def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns a summary. Writes `runs/<name>/` on rank 0."""
-    device = resolve_device(config.device)
+    return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info))
+
+
+def launch(device_name: str, body):
+    """`body(device, info)` inside torch.distributed when launched by torchrun (one GPU per rank)."""
+    device = resolve_device(device_name)
     info = setup(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     try:
-        return _run(config, resume, quiet, device, info)
+        return body(device, info)
     finally:
         teardown()
 
@@ -132,17 +137,8 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
             ckpt.truncate_metrics(run, state["step"])
     else:
         model = create_model(model_config)
-        name = config.name or time.strftime("pretrain-%Y%m%d-%H%M%S")
-        if info.world > 1:  # ranks may start in different seconds: all use rank 0's name
-            shared = [name]
-            dist.broadcast_object_list(shared, src=0)
-            name = shared[0]
-        run = Path(config.out_dir) / name
+        run = ckpt.open_run(config, "pretrain", info)
         if info.is_main:
-            run = ckpt.create_run_dir(config.out_dir, name)
-            import yaml
-
-            (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
             (run / "previews").mkdir()
     model_config = model.config
     model.to(device).train()
