@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+# The plugin API version: what a plugin may rely on (the hooks in `hookspecs`, the fields and factories of
+# `Modality`, `Task`, `Teacher`, and `multimae_cli.testing`). Adding a hook, a field with a default or a
+# factory keeps it; it goes up by one when a plugin written for the previous version could break (a hook,
+# field or argument removed, renamed or given another meaning). A plugin module states the oldest version it
+# works with as `MULTIMAE_API = N`; the registry refuses a plugin that needs a newer one. See docs/plugins.md.
+API_VERSION = 1
+
 _LAZY = {
     "load_model": "formats",
     "save_model": "formats",
@@ -49,6 +56,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "API_VERSION",
     "AdapterContext",
     "ClassEmbeddingInput",
     "DecoderContext",

@@ -2,7 +2,8 @@
 
 Built-in modalities are installed under that group exactly like a third party's. `MULTIMAE_LOAD_PLUGINS`
 (comma-separated entry-point names) restricts which plugins load; an empty value loads none. A plugin that
-fails to import or whose hook raises is reported in one line and left out; everything else keeps working.
+fails to import, needs a newer plugin API (`MULTIMAE_API`) than this multimae's `API_VERSION`, or whose hook
+raises is reported in one line and left out; everything else keeps working.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from . import hookspecs
+from . import API_VERSION, hookspecs
 from .errors import PluginError, UnknownModalityError
 from .modality import Modality
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "multimae"
 LOAD_ENV = "MULTIMAE_LOAD_PLUGINS"
+API_ATTRIBUTE = "MULTIMAE_API"
+BUILTIN_DISTRIBUTION = "multimae"
 
 
 @dataclass
@@ -36,6 +39,7 @@ class PluginInfo:
     module: str
     distribution: str | None = None
     version: str | None = None
+    api: int | None = None  # the plugin's MULTIMAE_API, when it declares one
     modalities: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     teachers: list[str] = field(default_factory=list)
@@ -43,19 +47,37 @@ class PluginInfo:
 
     @property
     def builtin(self) -> bool:
-        return self.distribution == "multimae"
+        return self.distribution == BUILTIN_DISTRIBUTION
+
+    @property
+    def source(self) -> str:
+        """`built-in`, the distribution that installed the plugin, or `registered in code`."""
+        return "built-in" if self.builtin else (self.distribution or "registered in code")
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "module": self.module,
-            "source": "built-in" if self.builtin else (self.distribution or "registered in code"),
+            "source": self.source,
+            "builtin": self.builtin,
+            "distribution": self.distribution,
             "version": self.version,
+            "api": self.api,
             "modalities": self.modalities,
             "tasks": self.tasks,
             "teachers": self.teachers,
             "error": self.error,
         }
+
+
+def required_api(plugin: object) -> int | None:
+    """The plugin API version a plugin says it needs (`MULTIMAE_API = N`), None when it says nothing."""
+    value = getattr(plugin, API_ATTRIBUTE, None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PluginError(f"declares {API_ATTRIBUTE} = {value!r}, which is not a positive integer")
+    return value
 
 
 class Registry:
@@ -84,12 +106,25 @@ class Registry:
             except Exception as exc:  # a broken plugin must not take the others down
                 self._fail(info, f"failed to import: {type(exc).__name__}: {exc}")
                 continue
-            self._add(plugin, info)
+            self._add_checked(plugin, info)
 
     def register(self, plugin: ModuleType | object, name: str | None = None) -> None:
         """Register a plugin object or module from code, exactly as an entry point would."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
-        self._add(plugin, PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__)))
+        self._add_checked(plugin, PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__)))
+
+    def _add_checked(self, plugin: object, info: PluginInfo) -> None:
+        """Register `plugin` unless it needs a newer plugin API than this multimae provides."""
+        try:
+            info.api = required_api(plugin)
+        except PluginError as exc:
+            self._fail(info, str(exc))
+            return
+        if info.api is not None and info.api > API_VERSION:
+            self._fail(info, f"needs multimae plugin API {info.api}, this multimae provides {API_VERSION}: "
+                             "upgrade multimae")
+            return
+        self._add(plugin, info)
 
     def unregister(self, name: str) -> None:
         self.manager.unregister(name=name)
@@ -168,8 +203,12 @@ class Registry:
         return modalities[name]
 
     def add_commands(self, app: Any) -> None:
-        """Let plugins add CLI commands."""
-        self.manager.hook.register_commands(app=app)
+        """Let plugins add CLI commands; a plugin that raises is reported and the CLI starts without it."""
+        for impl in self.manager.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(**{arg: app for arg in impl.argnames})
+            except Exception as exc:
+                self._fail(self.plugins[impl.plugin_name], f"raised in register_commands: {type(exc).__name__}: {exc}")
 
 
 _registry: Registry | None = None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from multimae_cli import MaskedL1, Modality, ModelConfig, PatchInput, SpatialOutput, create_model, hookimpl
 from multimae_cli.errors import UnknownModalityError
@@ -36,6 +38,8 @@ class ThermalPlugin:
 def registry_with_thermal():
     registry = Registry()
     registry.load_entry_points()
+    if "thermal" in registry.plugins:  # the example package, when installed, is replaced by this one
+        registry.unregister("thermal")
     registry.register(ThermalPlugin(), name="thermal")
     return registry
 
@@ -143,3 +147,256 @@ def test_duplicate_modality_is_reported_not_fatal():
     registry.register(Duplicate(), name="dup")
     assert registry.modality("rgb").channels == 3
     assert "already registered" in registry.plugins["dup"].error
+
+
+# ---------------------------------------------------------------- every hook, through an installed distribution
+
+COMMAND_PLUGIN = '''
+from multimae_cli import hookimpl
+
+
+@hookimpl
+def register_commands(app):
+    @app.command("hello")
+    def hello(name: str = "world"):
+        """Say hello (a command added by a plugin)."""
+        print(f"hello {name}")
+'''
+
+TASK_AND_TEACHER_PLUGIN = '''
+from multimae_cli import Labeler, Task, Teacher, hookimpl
+
+
+def _head(ctx):
+    from multimae_cli.model.heads import LinearHead
+
+    return LinearHead(ctx.dim, ctx.num_outputs)
+
+
+def _loss(options):
+    import torch
+
+    return torch.nn.CrossEntropyLoss(**options)
+
+
+def _metrics(num_outputs):
+    from multimae_cli.metrics import ClassificationMetrics
+
+    return ClassificationMetrics(num_outputs)
+
+
+def _load(request):
+    return Labeler(lambda samples: [s["rgb"].mean(-1).astype("float32") / 255 for s in samples], {"kind": "grey"})
+
+
+@hookimpl
+def register_tasks(register):
+    register(Task(name="scene-type", kind="classification", heads={"linear": _head},
+                  losses={"cross_entropy": _loss}, metrics=_metrics))
+
+
+@hookimpl
+def register_pseudolabelers(register):
+    register(Teacher(name="grey", load=_load, produces=("edges",), description="mean of rgb"))
+'''
+
+
+def test_hook_register_modalities(site):
+    result = run_cli("plugins", "--json", env={"PYTHONPATH": str(site), "MULTIMAE_LOAD_PLUGINS": "thermal"})
+    assert [row["modalities"] for row in json.loads(result.stdout)] == [["thermal"]]
+
+
+def test_hook_register_commands(tmp_path):
+    make_dist(tmp_path, "multimae-hello", "hello_plugin", COMMAND_PLUGIN, "hello")
+    result = run_cli("hello", "--name", "thermal", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0 and result.stdout == "hello thermal\n", result.stderr
+    assert "hello" in run_cli("--help", env={"PYTHONPATH": str(tmp_path)}).stdout
+
+
+def test_hook_register_commands_raising_leaves_the_cli_working():
+    class Raising:
+        @hookimpl
+        def register_commands(self, app):
+            raise RuntimeError("no app today")
+
+    import typer
+
+    registry = Registry()
+    registry.register(Raising(), name="raising")
+    registry.add_commands(typer.Typer())
+    assert registry.plugins["raising"].error == "raised in register_commands: RuntimeError: no app today"
+
+
+def test_hook_register_tasks_and_register_pseudolabelers(tmp_path):
+    from multimae_cli.testing import check_task, check_teacher
+
+    make_dist(tmp_path, "multimae-scenes", "scenes_plugin", TASK_AND_TEACHER_PLUGIN, "scenes")
+    result = run_cli("plugins", "--json", env={"PYTHONPATH": str(tmp_path), "MULTIMAE_LOAD_PLUGINS": "scenes"})
+    (row,) = json.loads(result.stdout)
+    assert row["tasks"] == ["scene-type"] and row["teachers"] == ["grey"] and row["source"] == "multimae-scenes"
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import scenes_plugin
+
+        registry = Registry()
+        registry.load_entry_points()  # finds the distribution in tmp_path, now on sys.path
+        assert registry.plugins["scenes"].module == scenes_plugin.__name__
+        check_task(registry.task("scene-type"), num_outputs=4, registry=registry)
+        check_teacher(registry.teachers()["grey"], "edges", registry=registry)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("scenes_plugin", None)
+
+
+# ---------------------------------------------------------------- API versions and where plugins come from
+
+
+def test_plugin_needing_a_newer_api_is_refused_and_the_rest_work(site):
+    from multimae_cli import API_VERSION
+
+    make_dist(site, "multimae-plugin-future", "future_plugin", f"MULTIMAE_API = {API_VERSION + 1}\n" + THERMAL_PLUGIN
+              .replace('"thermal"', '"future"'), "future")
+    result = run_cli("plugins", "--json", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    refusal = (f"needs multimae plugin API {API_VERSION + 1}, this multimae provides {API_VERSION}: "
+               "upgrade multimae")
+    assert rows["future"]["error"] == refusal and rows["future"]["modalities"] == []
+    assert rows["future"]["api"] == API_VERSION + 1 and rows["future"]["version"] == "1.2.3"
+    assert rows["thermal"]["modalities"] == ["thermal"] and rows["rgb"]["error"] is None
+    assert f"warning: plugin 'future' {refusal}" in result.stderr.splitlines()
+    result = run_cli("pretrain", "--modalities", "rgb,future", "--steps", "1", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 2 and "error: unknown modality 'future'" in result.stderr
+
+
+def test_api_declarations_are_checked():
+    class Current:
+        MULTIMAE_API = 1
+
+        @hookimpl
+        def register_modalities(self, register):
+            register(Modality(name="ok", channels=1, input_adapter=PatchInput()))
+
+    class Nonsense:
+        MULTIMAE_API = "one"
+
+    registry = Registry()
+    registry.register(Current(), name="current")
+    registry.register(Nonsense(), name="nonsense")
+    assert registry.plugins["current"].api == 1 and "ok" in registry.modalities()
+    assert registry.plugins["nonsense"].error == "declares MULTIMAE_API = 'one', which is not a positive integer"
+
+
+def test_plugins_table_shows_source_version_and_failures(site):
+    from multimae_cli import API_VERSION, __version__
+
+    make_dist(site, "multimae-plugin-future", "future_plugin", "MULTIMAE_API = 99\n", "future")
+    result = run_cli("plugins", env={"PYTHONPATH": str(site), "COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 2}
+    assert "built-in" in lines["rgb"] and __version__ in lines["rgb"] and "ok" in lines["rgb"]
+    assert "multimae-plugin-thermal" in lines["thermal"] and "1.2.3" in lines["thermal"]
+    assert "failed: needs multimae plugin API 99" in lines["future"]
+    assert "failed: failed to import: ModuleNotFoundError" in lines["broken"]
+    assert f"multimae {__version__}, plugin API {API_VERSION}" in result.stdout
+
+
+def test_example_package_is_discovered_from_its_entry_point(tmp_path):
+    """The example plugin, registered exactly as its pyproject's entry point registers it (no install)."""
+    example = REPO / "examples" / "multimae-plugin-thermal"
+    info = tmp_path / "multimae_plugin_thermal-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: multimae-plugin-thermal\nVersion: 0.1.0\n")
+    entry = next(line for line in (example / "pyproject.toml").read_text().splitlines() if line.startswith("thermal"))
+    (info / "entry_points.txt").write_text("[multimae]\n" + entry.replace('"', "") + "\n")  # TOML -> INI
+    result = run_cli("plugins", "--json", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{example}",
+                                               "MULTIMAE_LOAD_PLUGINS": "rgb,thermal"})
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["thermal"]["source"] == "multimae-plugin-thermal" and rows["thermal"]["api"] == 1
+    assert rows["thermal"]["modalities"] == ["thermal"] and rows["thermal"]["error"] is None
+
+
+# ---------------------------------------------------------------- the conformance kit
+
+
+@pytest.mark.parametrize("name", ["rgb", "norm_rgb", "depth", "semseg", "normals", "edges"])
+def test_builtin_modalities_pass_the_kit(name):
+    from multimae_cli.testing import check_modality, registered_modality
+
+    check_modality(registered_modality(name), train_step=name in ("semseg", "norm_rgb"))
+
+
+def _thermal(**changes) -> Modality:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from multimae_cli.io import read_image, write_image
+
+    def read(path):
+        return read_image(path, color=False).astype(np.float32)
+
+    def write(path, array):
+        write_image(path, np.clip(np.rint(array), 0, 65535).astype(np.uint16))
+
+    def denormalize(value):
+        return value * 1000 + 30000
+
+    def normalize(value):
+        return (value.float() - 30000) / 1000
+
+    record = Modality(name="thermal", channels=1, input_adapter=PatchInput(), output_adapter=SpatialOutput(),
+                      loss=MaskedL1(), read=read, write=write, normalize=normalize, denormalize=denormalize)
+    return replace(record, **changes)
+
+
+def test_kit_passes_a_sound_plugin():
+    from multimae_cli.testing import check_modality
+
+    check_modality(_thermal())
+
+
+def test_kit_catches_an_adapter_with_the_wrong_channel_count():
+    from multimae_cli.testing import check_modality
+
+    with pytest.raises(AssertionError, match=r"^modality 'thermal': input adapter fails on a normalised batch of "
+                                             r"shape \(2, 1, 32, 32\) \(the declared 1 channel\(s\)\): InputError: "
+                                             r"thermal: expected 3 channel\(s\), got 1"):
+        check_modality(_thermal(input_adapter=lambda m, ctx: PatchInput()(m.with_channels(3), ctx)))
+
+
+def test_kit_catches_a_flip_that_misaligns():
+    import numpy as np
+
+    from multimae_cli.testing import check_modality
+
+    with pytest.raises(AssertionError, match=r"^modality 'thermal': flip misaligns: pixel \(row 16, col 12\) ends up "
+                                             r"at \(row 16, col 52\), expected \(row 16, col 51\)"):
+        check_modality(_thermal(flip=lambda a: np.roll(a[:, ::-1], 1, axis=1)))
+    with pytest.raises(AssertionError, match=r"flip misaligns: .* ends up at \(row 31, col 51\)"):
+        check_modality(_thermal(flip=lambda a: a[::-1, ::-1]))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"loss": lambda m, p: lambda pred, target, mask: (pred - target).abs().mean()},
+     "the loss has gradient on visible (unmasked) tokens: it must score masked tokens only"),
+    ({"denormalize": lambda value: value}, "denormalize must invert normalize"),
+    ({"colorize": lambda value: value.numpy()}, "colorize of a (1, 48, 64) tensor must give a uint8 (48, 64, 3)"),
+    ({"extensions": (".PNG",)}, "extension '.PNG' must be lower case"),
+])
+def test_kit_names_other_broken_rules(changes, message):
+    from multimae_cli.testing import check_modality
+
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        check_modality(_thermal(**changes), train_step=False)
+
+
+def test_kit_catches_labels_resized_smoothly():
+    from dataclasses import replace
+
+    from multimae_cli.testing import check_modality, registered_modality
+
+    with pytest.raises(AssertionError, match="label maps must be resized with interpolation='nearest'"):
+        check_modality(replace(registered_modality("semseg"), interpolation="linear"), train_step=False)

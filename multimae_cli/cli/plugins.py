@@ -8,7 +8,8 @@ import typer
 
 
 def list_plugins() -> list[dict]:
-    """Every discovered plugin as a dict: name, module, source, version, modalities, tasks, teachers, error."""
+    """Every discovered plugin as a dict: name, module, source (built-in, a distribution or registered in code),
+    builtin, distribution, version, api (its MULTIMAE_API), modalities, tasks, teachers, error."""
     from ..registry import get_registry
 
     registry = get_registry()
@@ -21,7 +22,8 @@ def list_plugins() -> list[dict]:
 def register(app: typer.Typer) -> None:
     @app.command("plugins")
     def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-        """List the loaded plugins with their version, source and what they add."""
+        """List the loaded plugins: where each comes from (built-in or its distribution), its version, what it
+        adds, and why it failed if it did."""
         rows = list_plugins()
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
@@ -29,9 +31,13 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("plugin", "source", "version", "adds", "status")
+        from .. import API_VERSION, __version__
+
+        table = Table("plugin", "source", "version", "api", "adds", "status",
+                      caption=f"multimae {__version__}, plugin API {API_VERSION}")
         for row in rows:
-            status = f"[red]{row['error']}[/red]" if row["error"] else "ok"
+            status = f"[red]failed: {row['error']}[/red]" if row["error"] else "ok"
             adds = [f"{kind}: {', '.join(row[kind])}" for kind in ("modalities", "tasks", "teachers") if row[kind]]
-            table.add_row(row["name"], row["source"], row["version"] or "", "; ".join(adds), status)
+            api = "" if row["api"] is None else str(row["api"])
+            table.add_row(row["name"], row["source"], row["version"] or "", api, "; ".join(adds), status)
         Console().print(table)
