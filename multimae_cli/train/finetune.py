@@ -440,3 +440,32 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
                 "metrics": metrics}
 
     return launch(device, body)
+
+
+@torch.no_grad()
+def constant_baseline(task: Task, dataset: TaskDataset, num_outputs: int, scale: float = 1.0,
+                      reduce_zero_label: bool = False) -> dict[str, float]:
+    """Metrics of the best constant guess, chosen with the evaluation set's own labels (so at least as strong
+    as one chosen on training data): its mean depth / mean normal, or its most frequent class everywhere.
+    A fine-tuned model should beat it."""
+    targets = [prepare_target(task, dataset[i][TARGET], scale, reduce_zero_label) for i in range(len(dataset))]
+    metrics = task.metrics(num_outputs)
+    if task.kind == "classification":
+        counts = torch.bincount(torch.stack(targets), minlength=num_outputs)
+        logits = torch.nn.functional.one_hot(counts.argmax(), num_outputs).float()
+        for target in targets:
+            metrics.update(logits[None], target[None])
+        return metrics.compute()
+    if targets[0].is_floating_point():
+        values = torch.cat([t.flatten(1) if t.ndim == 3 else t.flatten()[None] for t in targets], dim=1)
+        valid = torch.isfinite(values).all(0) & (values.norm(dim=0) > 0)
+        constant = values[:, valid].mean(dim=1)
+        for target in targets:
+            shape = target.shape if target.ndim == 3 else (1, *target.shape)
+            metrics.update(constant.view(-1, 1, 1).expand(shape)[None], target.view(shape)[None])
+        return metrics.compute()
+    labels = torch.cat([t.flatten() for t in targets])
+    majority = torch.bincount(labels[labels != 255], minlength=num_outputs).argmax()
+    for target in targets:
+        metrics.update(torch.full_like(target, int(majority))[None], target[None])
+    return metrics.compute()
