@@ -1,8 +1,9 @@
 """rgb + depth + semseg training samples per second from disk, ours against a plain PIL + torchvision
 pipeline doing the same work (shared random resized crop and flip, bicubic rgb, bilinear depth, nearest
 semseg at 1/4, ImageNet normalisation, robust depth standardisation), same files, same run, 2 workers.
-Prints one JSON line.
-    python benchmarks/loader.py [--n 256] [--size 224] [--workers 2] [--batch 32]
+The two loaders are timed in alternating rounds (ours, reference, reference, ours, ...) and each reports its
+median rate, so a load change on a shared machine hits both alike. Prints one JSON line.
+    python benchmarks/loader.py [--n 256] [--size 224] [--workers 2] [--batch 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -55,8 +57,6 @@ class PilTorchvisionDataset:
 
 
 def throughput(loader: DataLoader, epochs: int = 2) -> float:
-    for _ in loader:  # warm-up epoch: worker start, file cache
-        pass
     start, count = time.perf_counter(), 0
     for _ in range(epochs):
         for batch in loader:
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -86,15 +87,22 @@ def main() -> None:
         root = Path(tmp)
         write_synthetic(root, args.n, (256, 256), all_modalities, workers=args.workers)
         ours = FolderDataset(root, modalities, transform=MultiModalTransform(modalities, args.size))
-        ours_rate = throughput(make_loader(ours, args.batch, workers=args.workers))
+        loaders = {"ours": make_loader(ours, args.batch, workers=args.workers)}
         reference = PilTorchvisionDataset(root / "train", args.size)
-        reference_loader = DataLoader(reference, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                                      collate_fn=collate, drop_last=True, persistent_workers=True)
-        reference_rate = throughput(reference_loader)
+        loaders["reference"] = DataLoader(reference, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+                                          collate_fn=collate, drop_last=True, persistent_workers=True)
+        for loader in loaders.values():  # warm-up epoch: worker start, file cache
+            throughput(loader, 1)
+        rates: dict[str, list[float]] = {name: [] for name in loaders}
+        for round_ in range(args.rounds):
+            for name in (("ours", "reference") if round_ % 2 == 0 else ("reference", "ours")):
+                rates[name].append(throughput(loaders[name]))
+        ours_rate, reference_rate = (statistics.median(rates[name]) for name in ("ours", "reference"))
     print(json.dumps({
         "benchmark": "loader", "samples": args.n, "size": args.size, "workers": args.workers,
         "ours_samples_per_s": round(ours_rate, 1), "pil_torchvision_samples_per_s": round(reference_rate, 1),
-        "speedup": round(ours_rate / reference_rate, 2),
+        "speedup": round(ours_rate / reference_rate, 2), "rounds": args.rounds,
+        "round_speedups": [round(a / b, 2) for a, b in zip(rates["ours"], rates["reference"], strict=True)],
     }))
 
 

@@ -279,6 +279,7 @@ class FinetuneConfig(RunConfig):
     head_options: dict[str, Any] = {}
     loss: str | None = None
     loss_options: dict[str, Any] = {}
+    mixup: dict[str, Any] = {}
     num_classes: int | None = None
     reduce_zero_label: bool = False
     depth_scale: float | None = None

@@ -30,13 +30,39 @@ def write(path: Path, image: np.ndarray) -> None:
     write_image(path, image)
 
 
-def normalize(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) uint8 -> float, ImageNet mean/std (one multiply-add per value)."""
+def _scale_offset():
     import torch
 
     scale = torch.tensor([1 / (255.0 * s) for s in STD]).view(3, 1, 1)
     offset = torch.tensor([m / s for m, s in zip(MEAN, STD, strict=True)]).view(3, 1, 1)
-    return image.float().mul_(scale).sub_(offset)
+    return scale, offset
+
+
+_LUTS = []
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) uint8 -> float, ImageNet mean/std (one multiply-add per value). On the CPU a uint8 image goes
+    through a 256-entry table per channel holding exactly those float32 results (twice as fast)."""
+    import torch
+
+    if image.ndim == 3 and image.shape[0] == 3 and image.dtype == torch.uint8 and image.device.type == "cpu":
+        import cv2
+        import numpy as np
+
+        if not _LUTS:
+            scale, offset = _scale_offset()
+            table = torch.arange(256, dtype=torch.float32).view(1, 1, 256).expand(3, 1, 256).float()
+            _LUTS.append(table.mul(scale).sub_(offset).numpy())  # (3, 1, 256)
+        out = torch.empty(image.shape, dtype=torch.float32)
+        source, target = np.ascontiguousarray(image.numpy()), out.numpy()
+        for channel in range(3):
+            result = cv2.LUT(source[channel], _LUTS[0][channel], dst=target[channel])
+            if not np.shares_memory(result, target[channel]):  # the binding may hand back a new array
+                target[channel] = result
+        return out
+    scale, offset = _scale_offset()
+    return image.float().mul(scale).sub_(offset)  # a new tensor: a float input is not changed in place
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,7 +97,9 @@ def test_classification_from_class_folders(tmp_path, encoder):
                 image = np.clip(np.array(colour) + rng.integers(-20, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
                 rgb.write(folder / f"{i}.png", image)
     summary = finetune(settings(tmp_path, task="classification", checkpoint=str(encoder), inputs=["rgb"],
-                                name="cls", steps=6, data={"source": "folder", "path": str(tmp_path / "data")}),
+                                name="cls", steps=6,
+                                data={"source": "folder", "path": str(tmp_path / "data"), "workers": 0},
+                                mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "label_smoothing": 0.1}),
                        quiet=True)
     assert set(summary["metrics"]) == {"top1", "top5"}
     model = load_task_model(tmp_path / "runs" / "cls" / "best" / "model.safetensors")
@@ -144,8 +147,8 @@ def test_bad_inputs(tmp_path, encoder):
     with pytest.raises(ConfigError, match="semseg not in the checkpoint"):
         finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["rgb", "semseg"],
                           head_options=SMALL_DPT), quiet=True)
-    with pytest.raises(UnknownModalityError, match="thermal"):
-        finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["thermal"]), quiet=True)
+    with pytest.raises(UnknownModalityError, match="sonar"):
+        finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["sonar"]), quiet=True)
     data = tmp_path / "data" / "train" / "rgb" / "s"
     data.mkdir(parents=True)
     from multimae_plugins import rgb
@@ -156,3 +159,43 @@ def test_bad_inputs(tmp_path, encoder):
                           data={"source": "folder", "path": str(tmp_path / "data")}), quiet=True)
     result = run_cli("finetune", "--task", "depth", "--set", "layer_decay=2", "--device", "cpu")
     assert result.returncode == 2 and "layer_decay" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_labels_out_of_range_name_the_file(tmp_path, encoder):
+    from multimae_plugins import depth, rgb, semseg
+
+    for split in ("train", "val"):
+        for i in range(4):
+            stem = tmp_path / "data" / split
+            for name in ("rgb", "semseg", "depth"):
+                (stem / name / "s").mkdir(parents=True, exist_ok=True)
+            rgb.write(stem / "rgb" / "s" / f"{i}.png", np.zeros((32, 32, 3), np.uint8))
+            depth.write(stem / "depth" / "s" / f"{i}.png", np.full((32, 32), 1000.0))
+            semseg.write(stem / "semseg" / "s" / f"{i}.png", np.full((32, 32), 9 if i == 2 else 1))
+    result = run_cli("finetune", "--task", "semseg", "--checkpoint", str(encoder), "--inputs", "rgb", "--data",
+                     str(tmp_path / "data"), "--set", "num_classes=5", "--set", "data.workers=1", "--steps", "4",
+                     "--batch-size", "2", "--device", "cpu", "--out", str(tmp_path / "runs"),
+                     "--set", "head_options.embed_dim=64")
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "2.png: label 9 outside the 5 classes" in line, line
+
+
+def test_mixup_for_classification_only(tmp_path, encoder):
+    with pytest.raises(ConfigError, match="mixup: only for classification"):
+        finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["rgb"],
+                          mixup={"mixup_alpha": 0.8}, head_options=SMALL_DPT), quiet=True)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples" / "configs").glob("finetune-*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_finetune_configs_are_valid(path):
+    from multimae_cli.config import load_config
+    from multimae_cli.registry import get_registry
+
+    config = load_config(FinetuneConfig, str(path))
+    task = get_registry().task(config.task)
+    assert config.head is None or config.head in task.heads
+    assert config.loss is None or config.loss in task.losses
+    if "official" in path.name:
+        assert config.checkpoint and config.data.source == "folder" and config.epochs

@@ -37,6 +37,16 @@ def build_app() -> typer.Typer:
     return app
 
 
+def one_line(exc: BaseException) -> str:
+    """The error's message; one re-raised from a DataLoader worker carries the worker's traceback, of which the
+    last line holds the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     try:
@@ -50,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         print("aborted", file=sys.stderr)
         sys.exit(130)
     except MultiMAEError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     if isinstance(code, int) and code:  # typer.Exit(n) returns n when click is not in standalone mode
         sys.exit(code)

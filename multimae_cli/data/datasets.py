@@ -49,8 +49,19 @@ class SyntheticDataset:
 
 
 def collate(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack a list of `{modality: tensor}` samples into one batch dict."""
-    return {name: torch.stack([sample[name] for sample in samples]) for name in samples[0]}
+    """Stack a list of `{modality: tensor}` samples into one batch dict. In a DataLoader worker each batch is
+    stacked straight into shared memory (as torch's default collate does), saving a copy on its way out."""
+    in_worker = torch.utils.data.get_worker_info() is not None
+    batch = {}
+    for name in samples[0]:
+        tensors = [sample[name] for sample in samples]
+        out = None
+        if in_worker:
+            first = tensors[0]
+            storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+            out = first.new(storage).resize_(len(tensors), *first.shape)
+        batch[name] = torch.stack(tensors, out=out)
+    return batch
 
 
 def _worker_init(_worker_id: int) -> None:

@@ -49,9 +49,10 @@ class TaskDataset:
 
     def __init__(self, source, inputs: list[str], task: Task, modalities: dict, size: tuple[int, int],
                  train: bool, crop_scale: tuple[float, float] = (0.2, 1.0), hflip: float = 0.5,
-                 classes: list[str] | None = None, seed: int = 0) -> None:
+                 classes: list[str] | None = None, seed: int = 0, num_classes: int | None = None,
+                 reduce_zero_label: bool = False) -> None:
         self.source, self.inputs, self.task, self.train, self.seed = source, inputs, task, train, seed
-        self.classes = classes
+        self.classes, self.num_classes, self.reduce_zero_label = classes, num_classes, reduce_zero_label
         transformed = {name: modalities[name] for name in inputs}
         self.target_modality = None
         if task.target is not None:
@@ -64,6 +65,16 @@ class TaskDataset:
     def __len__(self) -> int:
         return len(self.source)
 
+    def _check_labels(self, labels: np.ndarray, index: int) -> None:
+        """Label ids must be classes (or 255, ignored); with `reduce_zero_label` ids run one higher."""
+        limit = self.num_classes + (1 if self.reduce_zero_label else 0)
+        bad = labels[(labels >= limit) & (labels != 255)]
+        if bad.size:
+            where = getattr(self.source, "index", None)
+            name = where.files[self.task.target][where.keys[index]] if where is not None else f"sample {index}"
+            raise InputError(f"{name}: label {int(bad.max())} outside the {self.num_classes} classes of task "
+                             f"{self.task.name!r} (ids 0-{limit - 1}, 255 ignored; set num_classes?)")
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -72,6 +83,8 @@ class TaskDataset:
         sample = {name: raw[name] for name in self.inputs}
         if self.task.target is not None and self.train:
             sample[TARGET] = raw[self.task.target]
+        if self.target_modality is not None and self.target_modality.kind == "labels" and self.num_classes:
+            self._check_labels(raw[self.task.target], index)
         out = self.transform(sample, np.random.default_rng([self.seed, self.epoch, index]))
         if self.task.target is None:
             out[TARGET] = torch.tensor(self.classes.index(self.source.index.keys[index].split("/")[0]))
@@ -216,6 +229,50 @@ def shard(length: int, info: DistInfo) -> list[int]:
     return list(range(info.rank, length, info.world))
 
 
+@torch.no_grad()
+def write_preview(model, dataset: TaskDataset, task: Task, modalities: dict, scale: float, reduce_zero_label: bool,
+                  path: Path, device: torch.device) -> None:
+    """Inputs, prediction and ground truth of the first two evaluation samples, drawn by the plugins."""
+    from ..data.preview import preview_grid
+    from ..io import write_image
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    for index in range(min(2, len(dataset))):
+        sample = dataset[index]
+        inputs = {name: sample[name][None].to(device) for name in dataset.inputs}
+        pred = model(inputs)[0].float().cpu()
+        truth = prepare_target(task, sample[TARGET], scale, reduce_zero_label)
+        truth = torch.where(truth == 255, 0, truth) if not truth.is_floating_point() else truth
+        rows.append([*((name, sample[name]) for name in dataset.inputs), (task.target, pred),
+                     (task.target, truth)])
+    model.train(was_training)
+    path.parent.mkdir(exist_ok=True)
+    size = tuple(model.config.image_size)
+    scale_up = max(1, 128 // max(size))
+    write_image(path, preview_grid(rows, modalities, cell=(size[0] * scale_up, size[1] * scale_up)))
+
+
+def build_mixup(config: FinetuneConfig, task: Task, inputs: list[str], num_outputs: int):
+    """timm's Mixup / CutMix (`mixup` holds its keyword arguments, e.g. mixup_alpha: 0.8, cutmix_alpha: 1.0,
+    label_smoothing: 0.1) with the soft-target cross-entropy it needs. Classification on one input only: the
+    mixed pairs of several modalities would have to share one draw, which timm's Mixup does not offer."""
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    if task.kind != "classification":
+        raise ConfigError(f"mixup: only for classification, not task {task.name!r}")
+    if len(inputs) != 1:
+        raise ConfigError(f"mixup: needs a single input, got {', '.join(inputs)}")
+    if config.batch_size % 2:
+        raise ConfigError(f"mixup: batch_size must be even, got {config.batch_size}")
+    try:
+        return Mixup(num_classes=num_outputs, **config.mixup), SoftTargetCrossEntropy()
+    except TypeError as exc:
+        raise ConfigError(f"mixup: {exc}") from None
+
+
 def _eval_loader(dataset, batch_size: int, info: DistInfo, workers: int):
     from torch.utils.data import DataLoader, Subset
 
@@ -288,7 +345,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     size = tuple(model_config.image_size)
     train_source = build_source(config, modalities, config.data.split, train=True)
     dataset = TaskDataset(train_source, inputs, task, modalities, size, train=True,
-                          crop_scale=config.data.crop_scale, hflip=config.data.hflip, classes=classes, seed=config.seed)
+                          crop_scale=config.data.crop_scale, hflip=config.data.hflip, classes=classes, seed=config.seed,
+                          num_classes=num_outputs, reduce_zero_label=zero)
     val_set = None
     if config.val_split:
         try:
@@ -299,10 +357,13 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
             val_source = None  # a folder without this split: no evaluation during training
         if val_source is not None:
             val_set = TaskDataset(val_source, inputs, task, modalities, size, train=False, classes=classes,
-                                  seed=config.seed)
+                                  seed=config.seed, num_classes=num_outputs, reduce_zero_label=zero)
     model.to(device).train()
     loss_name = config.loss or next(iter(task.losses))
     criterion = task.losses[loss_name](config.loss_options)
+    mixup = None
+    if config.mixup:
+        mixup, criterion = build_mixup(config, task, inputs, num_outputs)
 
     sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
     loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=config.data.workers,
@@ -355,6 +416,9 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 for batch in loader:
                     inputs_batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != TARGET}
                     target = prepare_target(task, batch[TARGET], scale, zero).to(device, non_blocking=True)
+                    if mixup is not None:
+                        (name,) = inputs_batch
+                        inputs_batch[name], target = mixup(inputs_batch[name], target)
                     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                         pred = trained(inputs_batch)
                     loss = criterion(pred.float(), target)
@@ -388,6 +452,9 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                         score = evaluation[metric_kind.main]
                         if info.is_main:
                             ckpt.append_metrics(run, {"step": step, **{f"val/{k}": v for k, v in evaluation.items()}})
+                        if info.is_main and task.target is not None:
+                            write_preview(model, val_set, task, modalities, scale, zero,
+                                          run / "previews" / f"step-{step:06d}.png", device)
                         better = best is None or (score > best if metric_kind.higher_is_better else score < best)
                         if better:
                             best = score
@@ -431,7 +498,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
             if found != classes:
                 raise InputError(f"{data}: class folders {found} differ from the checkpoint's {classes}")
         dataset = TaskDataset(source, inputs, task, modalities, tuple(model.config.image_size), train=False,
-                              classes=classes, seed=seed)
+                              classes=classes, seed=seed, num_classes=model.task_info["num_outputs"],
+                              reduce_zero_label=model.task_info["reduce_zero_label"])
         loader = _eval_loader(dataset, batch_size, info, workers)
         metrics = evaluate(model, task, loader, model.task_info["num_outputs"], torch_device,
                            resolve_precision("auto", torch_device), model.task_info["depth_scale"],
