@@ -21,6 +21,7 @@ from .errors import CheckpointError, ConfigError, InputError, MultiMAEError
 from .modality import Modality
 
 CHECKPOINT_ENV = "MULTIMAE_CHECKPOINT"
+CLASSIFICATION = "classification"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -73,26 +74,44 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
-        self.modalities: dict[str, Modality] = resolve_modalities(self.config)
+        self.task_info: dict[str, Any] | None = getattr(model, "task_info", None)
+        self.task = None
+        names = None
+        if self.task_info is not None:  # a fine-tuned model: its head makes one output
+            from .registry import get_registry
+
+            self.task = get_registry().task(self.task_info["task"])
+            names = [*self.config.inputs, *([self.task.target] if self.task.target else [])]
+        self.modalities: dict[str, Modality] = resolve_modalities(self.config, names=names)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
-        from .formats import load_model
+        """A pretraining checkpoint (any format `load_model` reads) or a fine-tuned one (`multimae finetune`)."""
+        from .formats import load_model, load_task_model, read_task_info
 
+        if read_task_info(checkpoint) is not None:
+            return cls(load_task_model(checkpoint), device)
         return cls(load_model(checkpoint), device)
 
     @property
     def tasks(self) -> list[str]:
-        """Outputs this model can write (modalities with a writer; `norm_rgb`-style targets excluded)."""
+        """Outputs this model can write: a fine-tuned model's task (its target modality, or `classification`);
+        a pretraining model's outputs whose plugin has a writer (`norm_rgb`-style targets excluded)."""
+        if self.task is not None:
+            return [self.task.target or CLASSIFICATION]
         return [name for name in self.config.outputs if self.modalities[name].write is not None]
 
     def default_tasks(self, inputs: Sequence[str], masked: bool) -> list[str]:
         """Every writable output not given as an input; with masking, the inputs' reconstructions too."""
+        if self.task is not None:
+            return self.tasks
         return [name for name in self.tasks if masked or name not in inputs]
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
         for name in tasks:
-            if name not in self.config.outputs:
+            if self.task is not None and name not in self.tasks:
+                raise ConfigError(f"--task {name}: this fine-tuned checkpoint predicts {self.tasks[0]} only")
+            if self.task is None and name not in self.config.outputs:
                 raise ConfigError(f"--task {name}: this checkpoint cannot predict it "
                                   f"(it predicts: {', '.join(self.tasks) or 'nothing'})")
             if name not in self.tasks:
@@ -125,6 +144,8 @@ class Predictor:
         size = working_size(height, width, self.config.image_size, self.config.patch_size)
         prepared = [self.prepare(sample, size) for _, sample in samples]
         inputs = {name: torch.stack([p[name] for p in prepared]).to(self.device) for name in prepared[0]}
+        if self.task is not None:
+            return self._predict_task(samples, inputs, (height, width), pictures)
         total = len(inputs) * (size[0] // self.config.patch_size) * (size[1] // self.config.patch_size)
         visible = max(1, round((1 - mask_ratio) * total))
         with torch.inference_mode(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -149,6 +170,26 @@ class Predictor:
             results.append(Prediction(key, {k: v.cpu() for k, v in predicted.items()}, row))
         return results
 
+    def _predict_task(self, samples, inputs, size: tuple[int, int], pictures: bool) -> list[Prediction]:
+        """A fine-tuned head's output per sample: class probabilities, or a map at the image's own size."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            output = self.model(inputs).float()
+        results = []
+        for i, (key, _) in enumerate(samples):
+            if self.task.target is None:
+                results.append(Prediction(key, {CLASSIFICATION: output[i].softmax(0).cpu()}))
+                continue
+            value = F.interpolate(output[i:i + 1], size=size, mode="bilinear", align_corners=False)[0]
+            name = self.task.target
+            if self.modalities[name].kind == "labels":
+                value = value.argmax(0)
+            row = [(n, inputs[n][i].cpu()) for n in inputs] + [(name, output[i].cpu())] if pictures else []
+            results.append(Prediction(key, {name: value.cpu()}, row))
+        return results
+
     def _masked_picture(self, name: str, data, mask, size: tuple[int, int]):
         """The input drawn by its plugin, masked patches greyed out (None when it cannot be drawn)."""
         import numpy as np
@@ -167,6 +208,14 @@ class Predictor:
     def file_array(self, name: str, value):
         """A model-space prediction as the array the modality's `write` takes."""
         modality = self.modalities[name]
+        if self.task is not None:  # fine-tuned outputs are in the units loss and metrics saw
+            if self.task.to_file is not None:
+                return self.task.to_file(value, self.task_info)
+            if modality.kind == "labels":
+                ids = value.numpy()
+                return ids + 1 if self.task_info.get("reduce_zero_label") else ids  # back to the files' ids
+            array = value.float().numpy()
+            return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
         if modality.kind == "labels":
             return value.numpy()
         array = modality.denormalize(value.unsqueeze(0))[0].float().numpy()
@@ -251,22 +300,32 @@ def predict(
                           "(pass --task, or --mask-ratio for reconstructions)")
     predictor.check_tasks(tasks)
     listed = list_images(images, predictor.modalities[primary].extensions)
-    single_file = len(listed) == 1 and len(tasks) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
-    pictured = [name for name in tasks if colorize and _needs_picture(predictor.modalities[name])]
-    targets = {key: _targets(out, key, tasks, single_file, pictured) for key, _ in listed}
-    _check_targets(out, targets, viz, overwrite)
+    if mask_ratio > 0 and predictor.task is not None:
+        raise ConfigError("--mask-ratio: a fine-tuned checkpoint sees its inputs whole; masking is for "
+                          "pretraining checkpoints")
+    maps = [name for name in tasks if name != CLASSIFICATION]  # written as files by their modality
+    single_file = len(listed) == 1 and len(maps) == 1 == len(tasks) and out.suffix.lower() in IMAGE_SUFFIXES
+    pictured = [name for name in maps if colorize and _needs_picture(predictor.modalities[name])]
+    targets = {key: _targets(out, key, maps, single_file, pictured) for key, _ in listed}
+    _check_targets(out, targets, viz, overwrite, manifest=None if single_file else out / "predict.json")
+    if not single_file:
+        out.mkdir(exist_ok=True)
 
     started = time.perf_counter()
     written: list[str] = []
     skipped: list[str] = []
     grid_rows: list[list[tuple[str, Any]]] = []
     pending: list[tuple[str, dict[str, Any]]] = []
+    classified: dict[str, list[dict[str, Any]]] = {}
 
     def flush() -> None:
         if not pending:
             return
         for result in predictor(pending, tasks, mask_ratio, seed, pictures=viz is not None):
             for name, value in result.outputs.items():
+                if name == CLASSIFICATION:
+                    classified[result.key] = _top_classes(value, predictor.task_info.get("classes"))
+                    continue
                 data_path, color_path = targets[result.key][name]
                 predictor.modalities[name].write(data_path, predictor.file_array(name, value))
                 written.append(str(data_path))
@@ -306,15 +365,23 @@ def predict(
         "checkpoint": str(weights), "tasks": tasks, "images": len(listed) - len(skipped),
         "skipped": len(skipped), "skipped_files": skipped, "outputs": written,
         "seconds": round(time.perf_counter() - started, 3), "device": str(predictor.device),
+        **({"classes": classified} if classified else {}),
     }
     if not single_file:
-        legend = {name: _legend(predictor.modalities[name]) for name in tasks
+        legend = {name: _legend(predictor.modalities[name]) for name in maps
                   if predictor.modalities[name].kind == "labels"}
         manifest = {**summary, "inputs": [primary, *extra], "legend": legend, "mask_ratio": mask_ratio, "seed": seed}
         from .io import atomic_write_bytes
 
         atomic_write_bytes(out / "predict.json", json.dumps(manifest, indent=2).encode())
     return summary
+
+
+def _top_classes(probabilities, names: Sequence[str] | None, k: int = 5) -> list[dict[str, Any]]:
+    """The `k` most probable classes, by name when the checkpoint knows the class folders."""
+    values, indices = probabilities.topk(min(k, probabilities.numel()))
+    return [{"class": names[i] if names else i, "probability": round(float(p), 6)}
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
 def _needs_picture(modality: Modality) -> bool:
@@ -331,7 +398,7 @@ def _targets(out: Path, key: str, tasks: Sequence[str], single_file: bool, pictu
             for name in tasks}
 
 
-def _check_targets(out: Path, targets: dict, viz, overwrite: bool) -> None:
+def _check_targets(out: Path, targets: dict, viz, overwrite: bool, manifest: Path | None) -> None:
     """Refuse before any work: a missing parent folder, or (without `overwrite`) a file that exists."""
     parent = out.parent
     if not parent.is_dir():
@@ -339,8 +406,7 @@ def _check_targets(out: Path, targets: dict, viz, overwrite: bool) -> None:
     if viz is not None and not Path(viz).parent.is_dir():
         raise InputError(f"--viz {viz}: folder {Path(viz).parent} does not exist")
     paths = [p for per_task in targets.values() for pair in per_task.values() for p in pair if p is not None]
-    if viz is not None:
-        paths.append(Path(viz))
+    paths += [p for p in (Path(viz) if viz is not None else None, manifest) if p is not None]
     if not overwrite:
         existing = next((p for p in paths if p.exists()), None)
         if existing is not None:

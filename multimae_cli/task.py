@@ -43,7 +43,9 @@ class Task:
     `losses` map names to factories (a loss factory takes the config's `loss_options`); the first of each is
     the default. A loss is called as `loss(prediction, target)` with the target at the prediction's size.
     `prepare_target(tensor, depth_scale)` turns the target modality's file-space tensor into what loss and
-    metrics take (e.g. depth file units to metres).
+    metrics take (e.g. depth file units to metres); `to_file(prediction, task_info)` turns one predicted map
+    (C, H, W, or class ids (H, W)) back into the array the target modality's `write` takes (default: ids as
+    they are, shifted back by one after `reduce_zero_label`; dense maps channels-last).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Task:
     target: str | None = None
     num_outputs: int | None = None
     prepare_target: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    to_file: Callable[[torch.Tensor, Mapping[str, Any]], Any] | None = None
     description: str = ""
 
 

@@ -99,6 +99,11 @@ def _depth_target(depth: torch.Tensor, depth_scale: float) -> torch.Tensor:
     return depth.float() / depth_scale
 
 
+def _depth_to_file(depth: torch.Tensor, task_info: Mapping[str, Any]):
+    """Predicted metres -> millimetres, the usual 16-bit depth PNG unit (`.npy` keeps the fraction)."""
+    return depth.float().numpy()[0] * 1000.0
+
+
 def _labels_target(labels: torch.Tensor, depth_scale: float) -> torch.Tensor:
     return labels.long()
 
@@ -121,7 +126,7 @@ def register_tasks(register):
     register(Task(
         name="depth", kind="dense", target="depth", num_outputs=1, description="metric depth (DPT head)",
         heads={"dpt": _dpt("regression")}, losses={"berhu": _depth_loss("berhu"), "l1": _depth_loss("l1")},
-        metrics=_depth_metrics, prepare_target=_depth_target,
+        metrics=_depth_metrics, prepare_target=_depth_target, to_file=_depth_to_file,
     ))
     register(Task(
         name="normals", kind="dense", target="normals", num_outputs=3, description="surface normals (DPT head)",

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_cli
+
+from multimae_cli import ModelConfig, create_model
 
 PHOTO_SHAPE = (600, 512)  # matplotlib's bundled grace_hopper.jpg: a real photograph, not downloaded
 
@@ -171,3 +174,37 @@ def test_predict_bad_files(tmp_path, photo, checkpoint):
     summary = json.loads(result.stdout)
     assert result.returncode == 0 and summary["images"] == 1 and summary["skipped"] == 1
     assert "truncated JPEG" in summary["skipped_files"][0]
+
+
+def test_predict_with_fine_tuned_checkpoints(tmp_path, photo):
+    """Task heads: metric depth written in millimetres, class ids, and top classes for classification."""
+    from multimae_plugins import depth
+
+    from multimae_cli.formats import save_model
+    from multimae_cli.predict import predict
+    from multimae_cli.registry import get_registry
+    from multimae_cli.task import build_task_model
+
+    config = ModelConfig(inputs=("rgb",), outputs=(), image_size=(32, 32), patch_size=8, dim=32, depth=4, num_heads=2,
+                         num_encoded_tokens=4)
+    registry = get_registry()
+    for task, head, outputs, options in (("depth", "dpt", 1, {"feature_dim": 16, "layer_dims": [8, 16, 16, 32]}),
+                                         ("classification", "linear", 3, {})):
+        torch.manual_seed(0)
+        model = build_task_model(create_model(config), registry.task(task), head, outputs, options)
+        model.task_info = {"task": task, "head": head, "head_options": options, "num_outputs": outputs,
+                           "classes": ["cat", "dog", "owl"] if task == "classification" else None,
+                           "depth_scale": 1.0, "reduce_zero_label": False}
+        save_model(model, tmp_path / f"{task}.safetensors")
+    summary = predict([photo], tmp_path / "d", checkpoint=tmp_path / "depth.safetensors")
+    assert summary["tasks"] == ["depth"]
+    assert depth.read(tmp_path / "d" / "depth" / "grace_hopper.png").shape == PHOTO_SHAPE
+    result = run_cli("predict", str(photo), "--out", str(tmp_path / "c"), "--checkpoint",
+                     str(tmp_path / "classification.safetensors"), "--json")
+    assert result.returncode == 0, result.stderr
+    ranked = json.loads(result.stdout)["classes"]["grace_hopper"]
+    assert [r["class"] for r in ranked] and {r["class"] for r in ranked} == {"cat", "dog", "owl"}
+    assert abs(sum(r["probability"] for r in ranked) - 1) < 1e-4
+    result = run_cli("predict", str(photo), "--out", str(tmp_path / "m"), "--checkpoint",
+                     str(tmp_path / "depth.safetensors"), "--mask-ratio", "0.5")
+    assert result.returncode == 2 and "fine-tuned checkpoint sees its inputs whole" in result.stderr

@@ -66,5 +66,7 @@ def register(app: typer.Typer) -> None:
             skipped = f", {summary['skipped']} skipped" if summary["skipped"] else ""
             typer.echo(f"{summary['images']} image(s){skipped}: {', '.join(summary['tasks'])} -> {out} "
                        f"({summary['seconds']:.2f} s)")
+            for key, ranked in summary.get("classes", {}).items():
+                typer.echo(f"{key}: {ranked[0]['class']} ({ranked[0]['probability']:.1%})")
             for line in summary["skipped_files"]:
                 typer.echo(f"skipped: {line}", err=True)
