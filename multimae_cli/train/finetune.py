@@ -25,7 +25,7 @@ from ..registry import get_registry
 from ..task import Task, build_task_model
 from . import checkpoint as ckpt
 from .distributed import DistInfo, EpochSampler, average
-from .optim import build_optimizer, build_schedule
+from .optim import build_optimizer, build_schedule, optimizer_step
 from .pretrain import TrainingStopped, launch, resolve_precision
 
 TARGET = "target"
@@ -423,13 +423,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                         pred = trained(inputs_batch)
                     loss = criterion(pred.float(), target)
                     scaler.scale(loss).backward()
-                    schedule.step_update(step)
-                    if config.optim.clip_grad:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
                     step += 1
                     value = loss.item()
                     if not math.isfinite(value):

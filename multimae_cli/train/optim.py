@@ -32,3 +32,15 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: OptimConfig, total_
         optimizer, t_initial=max(total_steps - warmup, 1), lr_min=config.min_lr, warmup_t=warmup,
         warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False,
     )
+
+
+def optimizer_step(step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: CosineLRScheduler,
+                   scaler: torch.amp.GradScaler, clip_grad: float | None) -> None:
+    """One update: the lr for `step`, optional gradient clipping (on unscaled gradients), the (scaled) step."""
+    schedule.step_update(step)
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ from ..factory import create_model, create_objective, resolve_modalities
 from ..model.masking import random_masks
 from . import checkpoint as ckpt
 from .distributed import DistInfo, EpochSampler, average, setup, teardown
-from .optim import build_optimizer, build_schedule
+from .optim import build_optimizer, build_schedule, optimizer_step
 
 
 class TrainingStopped(MultiMAEError):
@@ -222,13 +222,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                     window_images += config.batch_size * info.world
                     if not last_micro:
                         continue
-                    schedule.step_update(step)
-                    if config.optim.clip_grad:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
                     step += 1
                     if step % config.log_every == 0 or step == total_steps:
                         record = average({k: sum(v) / len(v) for k, v in window.items()}, info, device)

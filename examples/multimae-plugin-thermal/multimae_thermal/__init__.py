@@ -121,7 +121,7 @@ class MaskedHuber:
     def __call__(self, modality: Modality, patch_size: int) -> nn.Module:
         from .loss import MaskedHuberLoss  # torch is imported here, when a model is built
 
-        return MaskedHuberLoss(patch_size // modality.stride, self.delta)
+        return MaskedHuberLoss(patch_size, modality.stride, self.delta)
 
 
 # ---------------------------------------------------------------- registration
