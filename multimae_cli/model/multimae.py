@@ -149,12 +149,20 @@ class MultiMAE(nn.Module):
         alphas: float | Sequence[float] | None = None,
         sample_tasks_uniformly: bool | None = None,
         mask_inputs: bool = True,
+        check: bool = True,
     ) -> Encoded:
-        """Tokenize, pick the visible tokens (given masks, or Dirichlet budgets), run the encoder."""
+        """Tokenize, pick the visible tokens (given masks, or Dirichlet budgets), run the encoder.
+
+        `check=False` trusts `task_masks` to be valid with `num_encoded_tokens` (default: the model's) visible
+        tokens per sample, skipping the checks that need the host to read the masks (a training loop's own
+        masks; it keeps the step free of host syncs and whole under `torch.compile`)."""
         tokens, layout = self.tokenize(inputs)
         batch, total, dim = tokens.shape
         per_modality = layout.tokens_per_modality
-        if task_masks is not None:
+        if task_masks is not None and not check:  # masks this library drew: no host sync, nothing to verify
+            mask_all = torch.cat([task_masks[name].long() for name in layout.modalities], dim=1)
+            num_visible = self.num_encoded_tokens if num_encoded_tokens is None else num_encoded_tokens
+        elif task_masks is not None:
             mask_all = check_masks(task_masks, layout.modalities, batch, per_modality, num_encoded_tokens)
             num_visible = int((mask_all[0] == 0).sum())
         elif not mask_inputs:
@@ -202,9 +210,11 @@ class MultiMAE(nn.Module):
         sample_tasks_uniformly: bool | None = None,
         mask_inputs: bool = True,
         outputs: Sequence[str] | None = None,
+        check: bool = True,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Masked forward: `(predictions per output modality, masks per input modality)`."""
-        encoded = self.encode(inputs, task_masks, num_encoded_tokens, alphas, sample_tasks_uniformly, mask_inputs)
+        """Masked forward: `(predictions per output modality, masks per input modality)`; `check` as `encode`."""
+        encoded = self.encode(inputs, task_masks, num_encoded_tokens, alphas, sample_tasks_uniformly, mask_inputs,
+                              check)
         return self.decode(encoded, outputs), encoded.masks
 
     # ---------------------------------------------------------------- timm-style model API
