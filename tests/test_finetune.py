@@ -17,7 +17,8 @@ from multimae_cli import ModelConfig, create_model, save_model
 from multimae_cli.config import FinetuneConfig, build_config
 from multimae_cli.errors import ConfigError, InputError, UnknownModalityError
 from multimae_cli.formats import load_task_model
-from multimae_cli.train.finetune import evaluate_checkpoint, finetune
+from multimae_cli.train.evaluate import evaluate_checkpoint
+from multimae_cli.train.finetune import finetune
 
 SMALL_DPT = {"feature_dim": 16, "layer_dims": [8, 16, 16, 32]}
 

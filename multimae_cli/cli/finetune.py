@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
         """Metrics of a fine-tuned checkpoint over a whole split (works under torchrun)."""
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device {device}: expected auto, cpu or cuda")
-        from ..train.finetune import evaluate_checkpoint
+        from ..train.evaluate import evaluate_checkpoint
 
         result = evaluate_checkpoint(checkpoint, data, split, batch_size, device, workers, scenes)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports the summed metrics

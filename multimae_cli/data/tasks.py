@@ -1,0 +1,147 @@
+"""Fine-tuning samples: a task's inputs and its target from synthetic scenes or a multi-modal folder.
+
+Inputs go through the shared crop/flip and each plugin's normalisation; the target keeps its file units
+(metres after `prepare_target`, class ids, unit vectors) and, for evaluation, its own resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import FinetuneConfig
+from ..errors import InputError
+from ..task import Task
+from .datasets import SyntheticDataset
+from .folder import FolderDataset
+from .transforms import MultiModalTransform, to_tensor
+
+TARGET = "target"
+
+
+def _raw(tensor: torch.Tensor) -> torch.Tensor:
+    """Targets keep their file units: loss and metrics see what the files hold."""
+    return tensor
+
+
+class TaskDataset:
+    """Samples `{input: tensor, ..., "target": tensor}` from a multi-modal source.
+
+    Training: one shared crop/flip, the target resampled by its modality's rules at full resolution and kept
+    in file units. Evaluation: inputs resized to the model size, the target as read (its own resolution).
+    Classification targets are the index of the sample's class folder (the first part of its key).
+    """
+
+    def __init__(self, source, inputs: list[str], task: Task, modalities: dict, size: tuple[int, int],
+                 train: bool, crop_scale: tuple[float, float] = (0.2, 1.0), hflip: float = 0.5,
+                 classes: list[str] | None = None, seed: int = 0, num_classes: int | None = None,
+                 reduce_zero_label: bool = False) -> None:
+        self.source, self.inputs, self.task, self.train, self.seed = source, inputs, task, train, seed
+        self.classes, self.num_classes, self.reduce_zero_label = classes, num_classes, reduce_zero_label
+        transformed = {name: modalities[name] for name in inputs}
+        self.target_modality = None
+        if task.target is not None:
+            self.target_modality = replace(modalities[task.target], stride=1, normalize=_raw)
+            if train:
+                transformed[TARGET] = self.target_modality
+        self.transform = MultiModalTransform(transformed, size, train=train, scale=crop_scale, hflip=hflip)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _check_labels(self, labels: np.ndarray, index: int) -> None:
+        """Label ids must be classes (or 255, ignored); with `reduce_zero_label` ids run one higher."""
+        limit = self.num_classes + (1 if self.reduce_zero_label else 0)
+        bad = labels[(labels >= limit) & (labels != 255)]
+        if bad.size:
+            where = getattr(self.source, "index", None)
+            name = where.files[self.task.target][where.keys[index]] if where is not None else f"sample {index}"
+            raise InputError(f"{name}: label {int(bad.max())} outside the {self.num_classes} classes of task "
+                             f"{self.task.name!r} (ids 0-{limit - 1}, 255 ignored; set num_classes?)")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        raw = self.source.read(index)
+        sample = {name: raw[name] for name in self.inputs}
+        if self.task.target is not None and self.train:
+            sample[TARGET] = raw[self.task.target]
+        if self.target_modality is not None and self.target_modality.kind == "labels" and self.num_classes:
+            self._check_labels(raw[self.task.target], index)
+        out = self.transform(sample, np.random.default_rng([self.seed, self.epoch, index]))
+        if self.task.target is None:
+            out[TARGET] = torch.tensor(self.classes.index(self.source.index.keys[index].split("/")[0]))
+        elif not self.train:
+            out[TARGET] = to_tensor(raw[self.task.target], self.target_modality)
+        return out
+
+
+def class_names(source) -> list[str]:
+    """Class folders of a folder dataset (the first part of every sample key), sorted."""
+    names = sorted({key.split("/")[0] for key in source.index.keys if "/" in key})
+    if len(names) < 2:
+        raise InputError(f"{source.index.root}: classification needs samples in class folders "
+                         f"(<modality>/<class>/<name>), found {len(names)} class(es)")
+    return names
+
+
+def build_source(config: FinetuneConfig, modalities: dict, split: str, train: bool):
+    """The raw sample source of a split: synthetic scenes (a split is its own scene stream) or a folder."""
+    data = config.data
+    if data.source == "synthetic":
+        from ..data.synth_io import split_seed
+
+        size = data.render_size or max(config_size(config))
+        length = data.synthetic_scenes if train else data.val_scenes
+        return SyntheticDataset(modalities, length, size, seed=split_seed(config.seed, split))
+    return FolderDataset(data.path, modalities, split=split, skip_bad=data.skip_bad, seed=config.seed)
+
+
+def config_size(config: FinetuneConfig) -> tuple[int, int]:
+    size = config.image_size or config.model.get("image_size", 224)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def depth_scale(config: FinetuneConfig) -> float:
+    """File units per metre: the config's, else the folder's `dataset.json`, else 1 (synthetic: metres)."""
+    if config.depth_scale is not None:
+        return config.depth_scale
+    if config.data.source == "folder":
+        import json
+
+        info = Path(config.data.path) / "dataset.json"
+        if info.is_file():
+            return float(json.loads(info.read_text()).get("depth_scale", 1.0))
+    return 1.0
+
+
+def declared_classes(config: FinetuneConfig) -> int | None:
+    """The label classes a dataset declares: the synthetic scenes' list, or `classes` in a folder's
+    `dataset.json`."""
+    if config.data.source == "synthetic":
+        from ..data.synthetic import CLASSES
+
+        return len(CLASSES)
+    import json
+
+    info = Path(config.data.path) / "dataset.json"
+    if info.is_file():
+        classes = json.loads(info.read_text()).get("classes")
+        return len(classes) if classes else None
+    return None
+
+
+def prepare_target(task: Task, target, scale: float, reduce_zero_label: bool):
+    """File-space target(s) -> what loss and metrics take."""
+    if isinstance(target, list):
+        return [prepare_target(task, t, scale, reduce_zero_label) for t in target]
+    if task.prepare_target is not None:
+        target = task.prepare_target(target, scale)
+    if reduce_zero_label:  # ADE20K style: 0 is "other" and ignored, classes shift down by one
+        target = torch.where(target == 0, torch.full_like(target, 255), target - 1)
+    return target
