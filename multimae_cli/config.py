@@ -271,6 +271,7 @@ class FinetuneConfig(RunConfig):
 
     task: str = "depth"
     checkpoint: str | None = None
+    num_heads: int | None = None  # for a checkpoint that cannot tell it (timm files; official ones without args)
     inputs: tuple[str, ...] | None = None
     image_size: tuple[int, int] | None = None
     preset: str = "tiny"

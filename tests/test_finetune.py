@@ -200,3 +200,13 @@ def test_example_finetune_configs_are_valid(path):
     assert config.loss is None or config.loss in task.losses
     if "official" in path.name:
         assert config.checkpoint and config.data.source == "folder" and config.epochs
+
+
+def test_finetune_from_timm_weights(tmp_path, encoder):
+    """A timm ViT file (as MAE or DeiT weights come) initialises the encoder, mapped as the official converter."""
+    from multimae_cli.formats.export import export_model
+
+    export_model(encoder, "timm", tmp_path / "vit.pth")
+    summary = finetune(settings(tmp_path, task="depth", checkpoint=str(tmp_path / "vit.pth"), inputs=["rgb"],
+                                name="from-timm", head_options=SMALL_DPT, val_split=None, num_heads=2), quiet=True)
+    assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])

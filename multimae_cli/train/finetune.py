@@ -27,6 +27,13 @@ from .optim import build_optimizer, build_schedule, optimizer_step
 from .pretrain import TrainingStopped, launch, resolve_precision
 
 
+def checkpoint_config(config: FinetuneConfig):
+    """The model config stored in (or inferred from) `config.checkpoint`, with `num_heads` when given."""
+    from ..formats import read_checkpoint
+
+    return read_checkpoint(config.checkpoint, **({"num_heads": config.num_heads} if config.num_heads else {}))[1]
+
+
 def build_model(config: FinetuneConfig, task: Task, num_outputs: int):
     """The encoder (from `checkpoint`, or fresh from `preset` + `model`) with the task's head."""
     from ..formats import load_model
@@ -36,10 +43,10 @@ def build_model(config: FinetuneConfig, task: Task, num_outputs: int):
         overrides["inputs"] = tuple(config.inputs)
     if config.image_size:
         overrides["image_size"] = tuple(config.image_size)
+    if config.num_heads:
+        overrides["num_heads"] = config.num_heads
     if config.checkpoint:
-        from ..formats import read_checkpoint
-
-        _, stored = read_checkpoint(config.checkpoint)
+        stored = checkpoint_config(config)
         absent = [name for name in overrides.get("inputs", ()) if name not in stored.inputs]
         if absent:
             raise ConfigError(f"inputs: {', '.join(absent)} not in the checkpoint {config.checkpoint} "
@@ -146,9 +153,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         inputs = list(config.inputs) if config.inputs else None
         probe_inputs = inputs or (["rgb"] if not config.checkpoint else None)
         if probe_inputs is None:
-            from ..formats import read_checkpoint
-
-            probe_inputs = list(read_checkpoint(config.checkpoint)[1].inputs)
+            probe_inputs = list(checkpoint_config(config).inputs)
         inputs = probe_inputs
         names = [*inputs, *([task.target] if task.target else [])]
         modalities = {n: registry_modalities[n] for n in names}
