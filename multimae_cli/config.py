@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from .errors import ConfigError
+
+ImageSize = Annotated[tuple[int, int], BeforeValidator(lambda v: (v, v) if isinstance(v, int) else v)]
+"""(height, width); a single number means a square."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"dim": 192, "depth": 12, "num_heads": 3, "decoder_dim": 128, "decoder_num_heads": 4},
@@ -24,7 +27,7 @@ class ModelConfig(BaseModel):
     inputs: tuple[str, ...] = ("rgb", "depth", "semseg")
     outputs: tuple[str, ...] = ("rgb", "depth", "semseg", "norm_rgb")
     channels: dict[str, int] = {}
-    image_size: tuple[int, int] = (224, 224)
+    image_size: ImageSize = (224, 224)
     patch_size: int = 16
     dim: int = 768
     depth: int = 12
@@ -41,11 +44,6 @@ class ModelConfig(BaseModel):
     num_encoded_tokens: int = 98
     alphas: float | tuple[float, ...] = 1.0
     sample_tasks_uniformly: bool = False
-
-    @field_validator("image_size", mode="before")
-    @classmethod
-    def _square(cls, value: Any) -> Any:
-        return (value, value) if isinstance(value, int) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -273,7 +271,7 @@ class FinetuneConfig(RunConfig):
     checkpoint: str | None = None
     num_heads: int | None = None  # for a checkpoint that cannot tell it (timm files; official ones without args)
     inputs: tuple[str, ...] | None = None
-    image_size: tuple[int, int] | None = None
+    image_size: ImageSize | None = None
     preset: str = "tiny"
     model: dict[str, Any] = {"image_size": 64, "depth": 6}
     head: str | None = None
@@ -290,11 +288,6 @@ class FinetuneConfig(RunConfig):
     layer_decay: float | None = 0.75
     drop_path_rate: float = 0.1
     eval_every: int = 100
-
-    @field_validator("image_size", mode="before")
-    @classmethod
-    def _square(cls, value: Any) -> Any:
-        return (value, value) if isinstance(value, int) else value
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:

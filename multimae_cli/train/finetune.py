@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from .distributed import DistInfo, EpochSampler, average
 from .evaluate import eval_loader, evaluate
 from .optim import build_optimizer, build_schedule, optimizer_step
-from .pretrain import TrainingStopped, launch, resolve_precision
+from .pretrain import TrainingStopped, launch, progress_bar, resolve_precision
 
 
 def checkpoint_config(config: FinetuneConfig):
@@ -150,11 +150,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         num_outputs, classes = model.task_info["num_outputs"], model.task_info.get("classes")
         inputs = list(model.config.inputs)
     else:
-        inputs = list(config.inputs) if config.inputs else None
-        probe_inputs = inputs or (["rgb"] if not config.checkpoint else None)
-        if probe_inputs is None:
-            probe_inputs = list(checkpoint_config(config).inputs)
-        inputs = probe_inputs
+        inputs = list(config.inputs or (checkpoint_config(config).inputs if config.checkpoint else ["rgb"]))
         names = [*inputs, *([task.target] if task.target else [])]
         modalities = {n: registry_modalities[n] for n in names}
         classes = class_names(build_source(config, modalities, config.data.split, train=True)) \
@@ -226,11 +222,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         if info.world > 1:
             dist.barrier()
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-                   TimeRemainingColumn(), disable=quiet or not info.is_main)
-    handle = bar.add_task("finetune", total=total_steps, completed=step, stats="")
+    bar, handle = progress_bar("finetune", total_steps, step, disabled=quiet or not info.is_main)
     losses: list[float] = []
     first_loss = last_loss = None
     evaluation: dict[str, float] = {}

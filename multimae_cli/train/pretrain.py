@@ -111,6 +111,15 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bo
     return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info))
 
 
+def progress_bar(name: str, total: int, completed: int, disabled: bool):
+    """A rich progress bar of training steps with a `stats` text field, and its task id."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[stats]}"),
+                   TimeRemainingColumn(), disable=disabled)
+    return bar, bar.add_task(name, total=total, completed=completed, stats="")
+
+
 def launch(device_name: str, body):
     """`body(device, info)` inside torch.distributed when launched by torchrun (one GPU per rank)."""
     device = resolve_device(device_name)
@@ -184,11 +193,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
         if info.world > 1:
             dist.barrier()
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-                   TimeRemainingColumn(), disable=quiet or not info.is_main)
-    task = bar.add_task("pretrain", total=total_steps, completed=step, stats="")
+    bar, task = progress_bar("pretrain", total_steps, step, disabled=quiet or not info.is_main)
     window: dict[str, list[float]] = {}
     window_start, window_images = time.perf_counter(), 0
     first_loss = last_record = None
