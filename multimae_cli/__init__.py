@@ -34,9 +34,13 @@ __version__ = "0.1.0"
 # The plugin API version: what a plugin may rely on (the hooks in `hookspecs`, the fields and factories of
 # `Modality`, `Task`, `Teacher`, and `multimae_cli.testing`). Adding a hook, a field with a default or a
 # factory keeps it; it goes up by one when a plugin written for the previous version could break (a hook,
-# field or argument removed, renamed or given another meaning). A plugin module states the oldest version it
-# works with as `MULTIMAE_API = N`; the registry refuses a plugin that needs a newer one. See docs/plugins.md.
-API_VERSION = 1
+# field or argument removed, renamed or given another meaning), and `API_CHANGES` says what changed. A plugin
+# module states the version it is written for as `MULTIMAE_API = N`; the registry refuses a plugin written for
+# another version (an older one with the changes since, so its author knows what to update). See docs/plugins.md.
+API_VERSION = 2
+API_CHANGES = {
+    2: "Modality.normalize takes a batch (B, C, H, W) (labels (B, H, W)) on the training device",
+}
 
 _LAZY = {
     "load_model": "formats",
@@ -56,6 +60,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "API_CHANGES",
     "API_VERSION",
     "AdapterContext",
     "ClassEmbeddingInput",

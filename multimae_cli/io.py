@@ -76,6 +76,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def _png_params() -> list[int]:
+    """zlib level 3, its default strategy and the Up row filter: against OpenCV's defaults (level 1, run-length
+    strategy, Sub filter) files are 25-50 % smaller and decode 40 % faster (rendered scenes at 256 px: rgb
+    1.14 -> 0.71 ms, 16-bit depth 0.65 -> 0.36 ms), for about twice the encoding time. Datasets are written
+    once and decoded every epoch."""
+    import cv2
+
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 3, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_DEFAULT]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    return params
+
+
 def write_image(path: str | Path, image: np.ndarray) -> None:
     """Encode by the file extension (RGB (H, W, 3) or single-channel; uint8 or uint16 for PNG), atomically."""
     import cv2
@@ -83,7 +96,8 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     path = Path(path)
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(path.suffix or ".png", image)
+    suffix = path.suffix or ".png"
+    ok, encoded = cv2.imencode(suffix, image, _png_params() if suffix.lower() == ".png" else [])
     if not ok:
         raise InputError(f"{path}: cannot encode a {image.dtype} image of shape {image.shape} as {path.suffix}")
     atomic_write_bytes(path, encoded.tobytes())

@@ -124,14 +124,14 @@ class Predictor:
                               f"(inputs: {', '.join(self.config.inputs)})")
 
     def prepare(self, sample: Mapping[str, Any], size: tuple[int, int]) -> dict[str, Any]:
-        """File-space arrays -> normalised model tensors at `size` (each modality by its own resampling)."""
+        """File-space arrays -> file-space tensors at `size` (each modality by its own resampling)."""
         from .data.transforms import resize, to_tensor
 
         out = {}
         for name, array in sample.items():
             modality = self.modalities[name]
             array = resize(array, (size[0] // modality.stride, size[1] // modality.stride), modality.interpolation)
-            out[name] = modality.normalize(to_tensor(array, modality))
+            out[name] = to_tensor(array, modality)
         return out
 
     def __call__(self, samples: Sequence[tuple[str, Mapping[str, Any]]], tasks: Sequence[str],
@@ -140,10 +140,13 @@ class Predictor:
         import torch
         import torch.nn.functional as F
 
+        from .data.transforms import to_device
+
         height, width = next(iter(samples[0][1].values())).shape[:2]
         size = working_size(height, width, self.config.image_size, self.config.patch_size)
         prepared = [self.prepare(sample, size) for _, sample in samples]
-        inputs = {name: torch.stack([p[name] for p in prepared]).to(self.device) for name in prepared[0]}
+        inputs = to_device({name: torch.stack([p[name] for p in prepared]) for name in prepared[0]}, self.modalities,
+                           self.device)
         if self.task is not None:
             return self._predict_task(samples, inputs, (height, width), pictures)
         total = len(inputs) * (size[0] // self.config.patch_size) * (size[1] // self.config.patch_size)

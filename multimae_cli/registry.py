@@ -2,8 +2,8 @@
 
 Built-in modalities are installed under that group exactly like a third party's. `MULTIMAE_LOAD_PLUGINS`
 (comma-separated entry-point names) restricts which plugins load; an empty value loads none. A plugin that
-fails to import, needs a newer plugin API (`MULTIMAE_API`) than this multimae's `API_VERSION`, or whose hook
-raises is reported in one line and left out; everything else keeps working.
+fails to import, is written for another plugin API (`MULTIMAE_API`) than this multimae's `API_VERSION`, or
+whose hook raises is reported in one line and left out; everything else keeps working.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from . import API_VERSION, hookspecs
+from . import API_CHANGES, API_VERSION, hookspecs
 from .errors import PluginError, UnknownModalityError
 from .modality import Modality
 
@@ -114,7 +114,7 @@ class Registry:
         self._add_checked(plugin, PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__)))
 
     def _add_checked(self, plugin: object, info: PluginInfo) -> None:
-        """Register `plugin` unless it needs a newer plugin API than this multimae provides."""
+        """Register `plugin` unless it is written for another plugin API than this multimae provides."""
         try:
             info.api = required_api(plugin)
         except PluginError as exc:
@@ -123,6 +123,11 @@ class Registry:
         if info.api is not None and info.api > API_VERSION:
             self._fail(info, f"needs multimae plugin API {info.api}, this multimae provides {API_VERSION}: "
                              "upgrade multimae")
+            return
+        if info.api is not None and info.api < API_VERSION:
+            changes = "; ".join(API_CHANGES[version] for version in range(info.api + 1, API_VERSION + 1))
+            self._fail(info, f"is written for multimae plugin API {info.api}, this multimae provides {API_VERSION} "
+                             f"({changes}): update the plugin and its MULTIMAE_API")
             return
         self._add(plugin, info)
 

@@ -290,30 +290,42 @@ def _check_resize(modality: Modality, what: str, sample: np.ndarray) -> None:
 
 
 def _check_normalize(modality: Modality, what: str, sample: np.ndarray) -> torch.Tensor:
-    """normalize gives what the adapters take; a denormalised prediction written and read back is the same."""
+    """normalize takes a batch and treats its samples independently, gives what the adapters take, and a
+    denormalised prediction written and read back is the same. Returns the normalised batch (the sample and
+    its mirror image)."""
     from .data.transforms import to_tensor
 
-    tensor = _call(what, "normalize", modality.normalize, to_tensor(sample.copy(), modality))
-    _check(isinstance(tensor, torch.Tensor), what, f"normalize must return a tensor, got {type(tensor).__name__}")
+    one = to_tensor(sample.copy(), modality)
+    files = torch.stack([one, one.flip(-1) * (2 if one.is_floating_point() else 1)])  # two different samples
+    batch = _call(what, "normalize of a batch", modality.normalize, files.clone())
+    _check(isinstance(batch, torch.Tensor), what, f"normalize must return a tensor, got {type(batch).__name__}")
     height, width = sample.shape[:2]
     if modality.kind == "labels":
-        _check(not tensor.is_floating_point() and tuple(tensor.shape) == (height, width), what,
-               f"normalize of a label map must give (H, W) integer ids, got {tensor.dtype} of shape "
-               f"{tuple(tensor.shape)}")
-        return torch.stack([tensor, tensor.flip(-1)])
-    _check(tensor.is_floating_point() and tuple(tensor.shape) == (modality.channels, height, width), what,
-           f"normalize must give a float ({modality.channels}, {height}, {width}) tensor, got {tensor.dtype} of "
-           f"shape {tuple(tensor.shape)}")
-    _check(bool(torch.isfinite(tensor).all()), what, "normalize gives NaN or inf values")
+        _check(not batch.is_floating_point() and tuple(batch.shape) == (2, height, width), what,
+               f"normalize of a batch of label maps must give (B, H, W) integer ids, got {batch.dtype} of shape "
+               f"{tuple(batch.shape)}")
+    else:
+        _check(batch.is_floating_point() and tuple(batch.shape) == (2, modality.channels, height, width), what,
+               f"normalize of a batch must give a float (B, {modality.channels}, {height}, {width}) tensor, got "
+               f"{batch.dtype} of shape {tuple(batch.shape)}")
+        _check(bool(torch.isfinite(batch).all()), what, "normalize gives NaN or inf values")
+    for i in range(2):
+        alone = _call(what, "normalize of a batch of one", modality.normalize, files[i:i + 1].clone())
+        _check(tuple(alone.shape) == tuple(batch[i:i + 1].shape) and bool(torch.allclose(alone, batch[i:i + 1])),
+               what, "normalize gives a sample other values in a batch than alone: it must treat the samples of a "
+                     "batch (dimension 0) independently")
+    if modality.kind == "labels":
+        return batch
+    tensor = batch[0]
     spread = float(tensor.max() - tensor.min()) or 1.0
     again = to_tensor(file_array(modality, tensor.clone()), modality)
-    back = _call(what, "normalize of a denormalised value", modality.normalize, again)
+    back = _call(what, "normalize of a denormalised value", modality.normalize, again[None])[0]
     _check(tuple(back.shape) == tuple(tensor.shape) and bool(torch.allclose(back, tensor, atol=1e-3 * spread)), what,
            f"normalize(denormalize(x)) differs from x by {float((back - tensor).abs().max()):.4g}: denormalize "
            "must invert normalize (predictions are denormalised before they are written)")
     if modality.write is not None and modality.read is not None:
         _check_stored_prediction(modality, what)
-    return torch.stack([tensor, tensor.flip(-1)])
+    return batch
 
 
 def _check_stored_prediction(modality: Modality, what: str) -> None:
@@ -324,11 +336,11 @@ def _check_stored_prediction(modality: Modality, what: str) -> None:
     prediction = _pattern(modality.channels, 24, 32, seed=1)
     prediction = 0.5 * prediction / prediction.abs().max()  # a modest prediction, inside any writer's range
     array = file_array(modality, prediction)
-    expected = modality.normalize(to_tensor(array.copy(), modality)).float()  # normalize may work in place
+    expected = modality.normalize(to_tensor(array.copy(), modality)[None])[0].float()  # it may work in place
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"prediction{modality.extensions[0]}"
         _call(what, f"write of a denormalised prediction to {path.name}", modality.write, path, array)
-        stored = modality.normalize(to_tensor(modality.read(path), modality)).float()
+        stored = modality.normalize(to_tensor(modality.read(path), modality)[None])[0].float()
     spread = float(expected.max() - expected.min()) or 1.0
     error = float((stored - expected).abs().max()) if stored.shape == expected.shape else float("inf")
     _check(error <= 0.05 * spread, what,
@@ -419,7 +431,7 @@ def _check_colorize(modality: Modality, what: str, value: torch.Tensor) -> None:
 def _train_step(modality: Modality, what: str, companion: Modality | str | None) -> None:
     """Three optimiser steps of a tiny MultiMAE with the companion (rgb) and this modality, fed through the
     shared crop/flip transform: decoder shapes, finite losses, gradients reaching this modality's adapters."""
-    from .data.transforms import MultiModalTransform
+    from .data.transforms import MultiModalTransform, to_device
     from .factory import create_model, create_objective
 
     known = get_registry().modalities()
@@ -452,9 +464,10 @@ def _train_step(modality: Modality, what: str, companion: Modality | str | None)
     data = {name: record for name, record in records.items() if record.target is None}
     transform = MultiModalTransform(data, IMAGE_SIZE, train=True, hflip=0.5)
     samples = [{name: make_sample(record, seed=seed) for name, record in data.items()} for seed in range(4)]
-    batch = [_call(what, "the shared crop/flip/resize/normalize transform", transform, sample,
+    batch = [_call(what, "the shared crop/flip/resize transform", transform, sample,
                    np.random.default_rng(seed)) for seed, sample in enumerate(samples)]
     batch = {name: torch.stack([item[name] for item in batch]) for name in data}
+    batch = _call(what, "normalize of the training batch", to_device, batch, data, "cpu")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     size = IMAGE_SIZE // modality.stride
     for step in range(3):

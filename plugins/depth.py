@@ -42,7 +42,7 @@ def write(path: Path, depth: np.ndarray) -> None:
 def robust_standardize(depth: torch.Tensor, trim: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
     """(d - mean) / sqrt(var + eps) per sample, mean and unbiased var over the 10-90 % quantile band.
 
-    Takes (C, H, W) or (B, C, H, W); scale- and shift-invariant, so any depth unit works.
+    Takes (B, C, H, W) (or one (C, H, W)); scale- and shift-invariant, so any depth unit works.
     """
     import torch
 

@@ -50,16 +50,18 @@ def write(path: Path, normals: np.ndarray) -> None:
 
 def flip(normals: np.ndarray) -> np.ndarray:
     """Mirror horizontally: the image flips and the x component changes sign."""
-    flipped = normals[:, ::-1].copy()
+    import cv2
+
+    flipped = cv2.flip(normals, 1)
     flipped[..., 0] *= -1
     return flipped
 
 
 def normalize(normals: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) vectors rescaled to unit length (resampling shortens them)."""
+    """(B, 3, H, W) vectors rescaled to unit length (resampling shortens them)."""
     import torch.nn.functional as F
 
-    return F.normalize(normals.float(), dim=0, eps=1e-6)
+    return F.normalize(normals.float(), dim=-3, eps=1e-6)
 
 
 def colorize(normals: torch.Tensor) -> np.ndarray:

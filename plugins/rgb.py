@@ -30,38 +30,46 @@ def write(path: Path, image: np.ndarray) -> None:
     write_image(path, image)
 
 
-def _scale_offset():
+_SCALE_OFFSET = {}
+
+
+def _scale_offset(device):
+    """(3, 1, 1) scale and offset on `device`, made once per device (no host-to-device copy per batch)."""
     import torch
 
-    scale = torch.tensor([1 / (255.0 * s) for s in STD]).view(3, 1, 1)
-    offset = torch.tensor([m / s for m, s in zip(MEAN, STD, strict=True)]).view(3, 1, 1)
-    return scale, offset
+    key = str(device)
+    if key not in _SCALE_OFFSET:
+        scale = torch.tensor([1 / (255.0 * s) for s in STD]).view(3, 1, 1)
+        offset = torch.tensor([m / s for m, s in zip(MEAN, STD, strict=True)]).view(3, 1, 1)
+        _SCALE_OFFSET[key] = scale.to(device), offset.to(device)
+    return _SCALE_OFFSET[key]
 
 
 _LUTS = []
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) uint8 -> float, ImageNet mean/std (one multiply-add per value). On the CPU a uint8 image goes
+    """(B, 3, H, W) uint8 -> float, ImageNet mean/std (one multiply-add per value). On the CPU uint8 planes go
     through a 256-entry table per channel holding exactly those float32 results (twice as fast)."""
     import torch
 
-    if image.ndim == 3 and image.shape[0] == 3 and image.dtype == torch.uint8 and image.device.type == "cpu":
+    if image.dtype == torch.uint8 and image.device.type == "cpu" and image.ndim >= 3 and image.shape[-3] == 3:
         import cv2
         import numpy as np
 
         if not _LUTS:
-            scale, offset = _scale_offset()
+            scale, offset = _scale_offset("cpu")
             table = torch.arange(256, dtype=torch.float32).view(1, 1, 256).expand(3, 1, 256).float()
             _LUTS.append(table.mul(scale).sub_(offset).numpy())  # (3, 1, 256)
         out = torch.empty(image.shape, dtype=torch.float32)
-        source, target = np.ascontiguousarray(image.numpy()), out.numpy()
-        for channel in range(3):
-            result = cv2.LUT(source[channel], _LUTS[0][channel], dst=target[channel])
-            if not np.shares_memory(result, target[channel]):  # the binding may hand back a new array
-                target[channel] = result
+        source = np.ascontiguousarray(image.numpy()).reshape(-1, *image.shape[-2:])
+        target = out.numpy().reshape(-1, *image.shape[-2:])
+        for plane in range(len(source)):
+            result = cv2.LUT(source[plane], _LUTS[0][plane % 3], dst=target[plane])
+            if not np.shares_memory(result, target[plane]):  # the binding may hand back a new array
+                target[plane] = result
         return out
-    scale, offset = _scale_offset()
+    scale, offset = _scale_offset(image.device)
     return image.float().mul(scale).sub_(offset)  # a new tensor: a float input is not changed in place
 
 

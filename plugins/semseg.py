@@ -47,8 +47,8 @@ def write(path: Path, labels: np.ndarray) -> None:
 
 
 def normalize(labels: torch.Tensor) -> torch.Tensor:
-    """Class ids as int64, shape (H, W)."""
-    return labels.long().reshape(labels.shape[-2:])
+    """(B, H, W) class ids as int64."""
+    return labels.long()
 
 
 def palette(num_classes: int) -> np.ndarray:

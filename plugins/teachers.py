@@ -356,7 +356,7 @@ def write_edges(path: Path, strength: np.ndarray) -> None:
 
 
 def normalize_edges(strength: torch.Tensor) -> torch.Tensor:
-    """(1, H, W) strength in [0, 1] -> [-1, 1], centred like the other targets."""
+    """(B, 1, H, W) strength in [0, 1] -> [-1, 1], centred like the other targets."""
     return strength.float() * 2 - 1
 
 

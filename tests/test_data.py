@@ -16,7 +16,7 @@ from multimae_cli.data.datasets import SyntheticDataset, collate, make_loader
 from multimae_cli.data.folder import FolderDataset
 from multimae_cli.data.synth_io import write_synthetic
 from multimae_cli.data.synthetic import CLASSES, DEPTH_SCALE, FLOOR, WALL, render_scene
-from multimae_cli.data.transforms import MultiModalTransform, sample_crop
+from multimae_cli.data.transforms import MultiModalTransform, normalize_sample, sample_crop, to_device
 from multimae_cli.errors import InputError
 from multimae_cli.registry import get_registry
 
@@ -112,10 +112,15 @@ def test_synth_disk_folder_round_trip(dataset_dir, modalities):
 def test_folder_loader_batches(dataset_dir, modalities):
     transform = MultiModalTransform(modalities, 32)
     dataset = FolderDataset(dataset_dir, modalities, transform=transform)
-    batch = next(iter(make_loader(dataset, batch_size=3, workers=0)))
+    files = next(iter(make_loader(dataset, batch_size=3, workers=0)))
+    assert files["rgb"].dtype == torch.uint8  # workers yield file space: a quarter of the bytes to move
+    batch = to_device(files, modalities, "cpu")
     assert batch["rgb"].shape == (3, 3, 32, 32) and batch["rgb"].dtype == torch.float32
     assert batch["depth"].shape == (3, 1, 32, 32) and batch["semseg"].shape == (3, 8, 8)
     assert batch["semseg"].dtype == torch.int64 and batch["normals"].shape == (3, 3, 32, 32)
+    for name in files:  # a batch is normalised as its samples one by one
+        alone = normalize_sample({name: files[name][1]}, modalities)[name]
+        assert torch.allclose(batch[name][1], alone)
     depth = batch["depth"].flatten(1)
     assert torch.allclose(depth.median(1).values, torch.zeros(3), atol=0.5)  # robustly standardised
 
@@ -147,7 +152,7 @@ def test_crop_and_flip_keep_modalities_aligned(modalities):
     transform = MultiModalTransform(modalities, 48, hflip=0.5)
     flips = 0
     for seed in range(40):
-        out = transform(ramp_sample(), np.random.default_rng(seed))
+        out = normalize_sample(transform(ramp_sample(), np.random.default_rng(seed)), modalities)
         rgb = out["rgb"][0].numpy()
         depth = out["depth"][0].numpy()
         assert np.corrcoef(rgb.ravel(), depth.ravel())[0, 1] > 0.99

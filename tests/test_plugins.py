@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from multimae_cli import MaskedL1, Modality, ModelConfig, PatchInput, SpatialOutput, create_model, hookimpl
+from multimae_cli import API_VERSION, MaskedL1, Modality, ModelConfig, PatchInput, SpatialOutput, create_model, hookimpl
 from multimae_cli.errors import UnknownModalityError
 from multimae_cli.registry import Registry
 
@@ -272,8 +272,10 @@ def test_plugin_needing_a_newer_api_is_refused_and_the_rest_work(site):
 
 
 def test_api_declarations_are_checked():
+    from multimae_cli import API_VERSION
+
     class Current:
-        MULTIMAE_API = 1
+        MULTIMAE_API = API_VERSION
 
         @hookimpl
         def register_modalities(self, register):
@@ -282,11 +284,23 @@ def test_api_declarations_are_checked():
     class Nonsense:
         MULTIMAE_API = "one"
 
+    class Old:  # written before normalize took batches: refused with what changed
+        MULTIMAE_API = 1
+
+        @hookimpl
+        def register_modalities(self, register):
+            register(Modality(name="old", channels=1, input_adapter=PatchInput()))
+
     registry = Registry()
     registry.register(Current(), name="current")
     registry.register(Nonsense(), name="nonsense")
-    assert registry.plugins["current"].api == 1 and "ok" in registry.modalities()
+    registry.register(Old(), name="old")
+    assert registry.plugins["current"].api == API_VERSION and "ok" in registry.modalities()
     assert registry.plugins["nonsense"].error == "declares MULTIMAE_API = 'one', which is not a positive integer"
+    assert registry.plugins["old"].error == (
+        f"is written for multimae plugin API 1, this multimae provides {API_VERSION} (Modality.normalize takes a "
+        "batch (B, C, H, W) (labels (B, H, W)) on the training device): update the plugin and its MULTIMAE_API")
+    assert "old" not in registry.modalities()
 
 
 def test_plugins_table_shows_source_version_and_failures(site):
@@ -314,7 +328,7 @@ def test_example_package_is_discovered_from_its_entry_point(tmp_path):
     result = run_cli("plugins", "--json", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{example}",
                                                "MULTIMAE_LOAD_PLUGINS": "rgb,thermal"})
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert rows["thermal"]["source"] == "multimae-plugin-thermal" and rows["thermal"]["api"] == 1
+    assert rows["thermal"]["source"] == "multimae-plugin-thermal" and rows["thermal"]["api"] == API_VERSION
     assert rows["thermal"]["modalities"] == ["thermal"] and rows["thermal"]["error"] is None
 
 
@@ -385,6 +399,9 @@ def test_kit_catches_a_flip_that_misaligns():
     ({"denormalize": lambda value: value}, "denormalize must invert normalize"),
     ({"colorize": lambda value: value.numpy()}, "colorize of a (1, 48, 64) tensor must give a uint8 (48, 64, 3)"),
     ({"extensions": (".PNG",)}, "extension '.PNG' must be lower case"),
+    ({"normalize": lambda value: (value - value.mean()) / value.std()},  # statistics over the whole batch
+     "normalize gives a sample other values in a batch than alone"),
+    ({"normalize": lambda value: value.float()[0]}, "normalize of a batch must give a float (B, 1, 48, 64) tensor"),
 ])
 def test_kit_names_other_broken_rules(changes, message):
     from multimae_cli.testing import check_modality

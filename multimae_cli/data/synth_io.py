@@ -75,11 +75,11 @@ def write_preview(path: str | Path, modalities: Mapping[str, Modality], size: tu
                   seed: int = 0, count: int = 6) -> None:
     """A grid of the first scenes of a split, every modality side by side (depth, normals, semseg coloured)."""
     from .preview import preview_grid
-    from .transforms import to_tensor
+    from .transforms import normalize_sample, to_tensor
 
     rows = []
     for index in range(count):
         scene = render_scene(split_seed(seed, split), index, size)
-        rows.append([(name, modalities[name].normalize(to_tensor(scene[name], modalities[name])))
-                     for name in MODALITIES])
+        sample = normalize_sample({name: to_tensor(scene[name], modalities[name]) for name in MODALITIES}, modalities)
+        rows.append(list(sample.items()))
     write_image(path, preview_grid(rows, modalities))

@@ -1,7 +1,7 @@
 """Fine-tuning samples: a task's inputs and its target from synthetic scenes or a multi-modal folder.
 
-Inputs go through the shared crop/flip and each plugin's normalisation; the target keeps its file units
-(metres after `prepare_target`, class ids, unit vectors) and, for evaluation, its own resolution.
+Inputs go through the shared crop/flip (the loop normalises them on the device, `to_device`); the target keeps
+its file units (metres after `prepare_target`, class ids, unit vectors) and, for evaluation, its own resolution.
 """
 
 from __future__ import annotations
@@ -22,11 +22,6 @@ from .transforms import MultiModalTransform, to_tensor
 TARGET = "target"
 
 
-def _raw(tensor: torch.Tensor) -> torch.Tensor:
-    """Targets keep their file units: loss and metrics see what the files hold."""
-    return tensor
-
-
 class TaskDataset:
     """Samples `{input: tensor, ..., "target": tensor}` from a multi-modal source.
 
@@ -41,10 +36,11 @@ class TaskDataset:
                  reduce_zero_label: bool = False) -> None:
         self.source, self.inputs, self.task, self.train, self.seed = source, inputs, task, train, seed
         self.classes, self.num_classes, self.reduce_zero_label = classes, num_classes, reduce_zero_label
-        transformed = {name: modalities[name] for name in inputs}
+        self.input_modalities = {name: modalities[name] for name in inputs}
+        transformed = dict(self.input_modalities)
         self.target_modality = None
         if task.target is not None:
-            self.target_modality = replace(modalities[task.target], stride=1, normalize=_raw)
+            self.target_modality = replace(modalities[task.target], stride=1)
             if train:
                 transformed[TARGET] = self.target_modality
         self.transform = MultiModalTransform(transformed, size, train=train, scale=crop_scale, hflip=hflip)

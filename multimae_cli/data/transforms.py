@@ -1,8 +1,11 @@
-"""One random resized crop and one horizontal flip per sample, applied to every modality by its own rules.
+"""One random resized crop and one horizontal flip per sample, applied to every modality by its own rules;
+then, on the collated batch, each plugin's normalisation.
 
 Each modality says how it is resampled (`interpolation`: nearest for labels, smooth for images) and flipped
-(`flip`: normals negate x); after the shared geometry each plugin's `normalize` runs. Interpolation is always
-explicit: no library default decides it.
+(`flip`: normals negate x). Interpolation is always explicit: no library default decides it. Samples stay in
+file space (uint8 images, float maps, int64 ids); `to_device` moves a batch to the training device and runs each
+plugin's `normalize` there, so uint8 images cross the worker boundary and the PCIe bus at a quarter of their
+float size and a GPU does the arithmetic.
 """
 
 from __future__ import annotations
@@ -83,8 +86,26 @@ def to_tensor(array: np.ndarray, modality: Modality) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
+def to_device(batch: Mapping[str, torch.Tensor], modalities: Mapping[str, Modality], device: torch.device | str,
+              non_blocking: bool = False) -> dict[str, torch.Tensor]:
+    """A collated file-space batch on `device`, each modality normalised there by its plugin (entries that are
+    not in `modalities`, e.g. fine-tuning targets, are only moved)."""
+    out = {}
+    for name, tensor in batch.items():
+        tensor = tensor.to(device, non_blocking=non_blocking)
+        out[name] = modalities[name].normalize(tensor) if name in modalities else tensor
+    return out
+
+
+def normalize_sample(sample: Mapping[str, torch.Tensor], modalities: Mapping[str, Modality]) -> dict[str, torch.Tensor]:
+    """One file-space sample normalised as a batch of one (for pictures and single predictions)."""
+    return {name: modalities[name].normalize(tensor[None])[0] if name in modalities else tensor
+            for name, tensor in sample.items()}
+
+
 class MultiModalTransform:
-    """Bring every modality to the first one's frame, crop/flip them identically, resize, normalise."""
+    """Bring every modality to the first one's frame, crop/flip them identically, resize; file-space tensors
+    out (`to_device` normalises the batch)."""
 
     def __init__(self, modalities: Mapping[str, Modality], size: int | tuple[int, int], train: bool = True,
                  scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -115,5 +136,5 @@ class MultiModalTransform:
                            modality.interpolation)
             if flip:
                 array = modality.flip(array)
-            out[name] = modality.normalize(to_tensor(array, modality))
+            out[name] = to_tensor(array, modality)
         return out

@@ -13,6 +13,7 @@ import torch
 
 from ..config import FinetuneConfig
 from ..data.tasks import TARGET, TaskDataset, build_source, class_names, prepare_target
+from ..data.transforms import to_device
 from ..errors import InputError
 from ..factory import resolve_modalities
 from ..registry import get_registry
@@ -31,14 +32,14 @@ def eval_collate(samples):
 
 
 @torch.no_grad()
-def evaluate(model, task: Task, loader, num_outputs: int, device: torch.device, dtype, scale: float,
+def evaluate(model, task: Task, loader, modalities: dict, num_outputs: int, device: torch.device, dtype, scale: float,
              reduce_zero_label: bool) -> dict[str, float]:
-    """The task's metrics over the whole loader (all ranks' shards summed)."""
+    """The task's metrics over the whole loader (all ranks' shards summed); `modalities` normalise the inputs."""
     metrics = task.metrics(num_outputs)
     was_training = model.training
     model.eval()
     for batch in loader:
-        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != TARGET}
+        inputs = to_device({k: v for k, v in batch.items() if k != TARGET}, modalities, device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             pred = model(inputs).float()
         target = prepare_target(task, batch[TARGET], scale, reduce_zero_label)
@@ -93,7 +94,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
                               classes=classes, seed=seed, num_classes=model.task_info["num_outputs"],
                               reduce_zero_label=model.task_info["reduce_zero_label"])
         loader = eval_loader(dataset, batch_size, info, workers)
-        metrics = evaluate(model, task, loader, model.task_info["num_outputs"], torch_device,
+        metrics = evaluate(model, task, loader, dataset.input_modalities, model.task_info["num_outputs"], torch_device,
                            resolve_precision("auto", torch_device), model.task_info["depth_scale"],
                            model.task_info["reduce_zero_label"])
         return {"checkpoint": str(checkpoint), "task": task.name, "split": split, "samples": len(dataset),

@@ -16,6 +16,7 @@ import torch
 from ..config import FinetuneConfig
 from ..data.datasets import make_loader
 from ..data.tasks import TARGET, TaskDataset, build_source, class_names, declared_classes, depth_scale, prepare_target
+from ..data.transforms import normalize_sample, to_device
 from ..errors import ConfigError, InputError
 from ..factory import create_model, resolve_modalities
 from ..registry import get_registry
@@ -76,7 +77,7 @@ def write_preview(model, dataset: TaskDataset, task: Task, modalities: dict, sca
     model.eval()
     rows = []
     for index in range(min(2, len(dataset))):
-        sample = dataset[index]
+        sample = normalize_sample(dataset[index], dataset.input_modalities)
         inputs = {name: sample[name][None].to(device) for name in dataset.inputs}
         pred = model(inputs)[0].float().cpu()
         truth = prepare_target(task, sample[TARGET], scale, reduce_zero_label)
@@ -233,7 +234,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 sampler.set_epoch(epoch, start_batch)
                 dataset.set_epoch(epoch)
                 for batch in loader:
-                    inputs_batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != TARGET}
+                    inputs_batch = to_device({k: v for k, v in batch.items() if k != TARGET},
+                                             dataset.input_modalities, device, non_blocking=True)
                     target = prepare_target(task, batch[TARGET], scale, zero).to(device, non_blocking=True)
                     if mixup is not None:
                         (name,) = inputs_batch
@@ -261,7 +263,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                     due = step == total_steps or step % config.eval_every == 0
                     if val_set is not None and due:
                         evaluation = evaluate(model, task, eval_loader(val_set, config.batch_size, info, 0),
-                                              num_outputs, device, dtype, scale, zero)
+                                              val_set.input_modalities, num_outputs, device, dtype, scale, zero)
                         score = evaluation[metric_kind.main]
                         if info.is_main:
                             ckpt.append_metrics(run, {"step": step, **{f"val/{k}": v for k, v in evaluation.items()}})

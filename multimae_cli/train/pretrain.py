@@ -19,7 +19,7 @@ import torch
 from ..config import PretrainConfig
 from ..data.datasets import SyntheticDataset, make_loader
 from ..data.folder import FolderDataset
-from ..data.transforms import MultiModalTransform
+from ..data.transforms import MultiModalTransform, to_device
 from ..errors import ConfigError, MultiMAEError
 from ..factory import create_model, create_objective, resolve_modalities
 from ..model.masking import random_masks
@@ -75,7 +75,7 @@ def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path
     model_config = model.config
     fixed = MultiModalTransform(modalities, model_config.image_size, train=False)
     samples = [fixed(dataset.read(i), np.random.default_rng(0)) for i in range(min(2, len(dataset)))]
-    batch = {name: torch.stack([s[name] for s in samples]).to(device) for name in modalities}
+    batch = to_device({name: torch.stack([s[name] for s in samples]) for name in modalities}, modalities, device)
     inputs = {name: batch[name] for name in model_config.inputs}
     was_training = model.training
     model.eval()
@@ -205,7 +205,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                 sampler.set_epoch(epoch, start_batch)
                 dataset.set_epoch(epoch)
                 for batch in loader:
-                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    batch = to_device(batch, modalities, device, non_blocking=True)
                     masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
                     inputs = {name: batch[name] for name in model_config.inputs}
                     last_micro = (micro + 1) % accum == 0

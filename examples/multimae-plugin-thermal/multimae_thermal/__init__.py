@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-MULTIMAE_API = 1  # the multimae plugin API this plugin is written against (the oldest it works with)
+MULTIMAE_API = 2  # the multimae plugin API this plugin is written for
 
 BAND = (0.02, 0.98)  # the percentile band that spans [-1, 1] after normalisation
 EIGHT_TO_SIXTEEN_BITS = 257  # 255 * 257 = 65535: 8-bit files share the 16-bit scale
@@ -74,7 +74,7 @@ def flip(thermal: np.ndarray) -> np.ndarray:
 
 
 def normalize(thermal: torch.Tensor) -> torch.Tensor:
-    """(1, H, W) or (B, 1, H, W) file units -> (t - median) / (p98 - p2) * 2, per image."""
+    """(B, 1, H, W) file units -> (t - median) / (p98 - p2) * 2, per image."""
     import torch
 
     values = thermal.float()

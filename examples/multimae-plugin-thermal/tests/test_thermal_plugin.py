@@ -49,7 +49,7 @@ def scene(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndar
 
 def test_plugin_conforms():
     info = check_plugin("multimae_thermal")
-    assert info.api == 1 and info.modalities == ["thermal"]
+    assert info.api == 2 and info.modalities == ["thermal"]
     check_modality(registered_modality("thermal"))
 
 
