@@ -268,10 +268,10 @@ def test_empty_folder_and_unknown_modality(tmp_path, modalities):
 def test_cli_synth_check_and_refuse_overwrite(tmp_path):
     out = tmp_path / "ds"
     result = run_cli("data", "synth", "--out", str(out), "--n", "3", "--size", "32x48", "--split", "val",
-                     "--preview", str(tmp_path / "grid.png"), "--quiet")
+                     "--preview", str(out / "grid.png"), "--quiet")  # inside the folder it makes
     assert result.returncode == 0, result.stderr
     assert len(list((out / "val/normals/scenes").glob("*.png"))) == 3
-    grid = cv2.imread(str(tmp_path / "grid.png"))
+    grid = cv2.imread(str(out / "grid.png"))
     assert grid.shape[0] == 3 * 32 + 2 * 2 and grid.shape[1] == 4 * 48 + 3 * 2
     check = run_cli("data", "check", str(out), "--modalities", "rgb,depth,normals,semseg", "--json")
     assert check.returncode == 0 and json.loads(check.stdout)["splits"]["val"]["samples"] == 3

@@ -56,8 +56,8 @@ def register(app: typer.Typer) -> None:
 
         hw = parse_size(size)
         modalities = parse_modalities(",".join(MODALITIES))
-        if preview is not None and not preview.parent.is_dir():
-            raise ConfigError(f"--preview: folder {preview.parent} does not exist")
+        if preview is not None and not (preview.parent.is_dir() or preview.parent.resolve() == out.resolve()):
+            raise ConfigError(f"--preview: folder {preview.parent} does not exist")  # --out is made on the way
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), disable=quiet) as bar:
             task = bar.add_task(f"rendering {split}", total=n)
