@@ -184,6 +184,20 @@ def test_cli_errors(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["pretrain", "--bogus"], "No such option: --bogus"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["predict", "x.png", "--viz"], "Option '--viz' requires an argument"),
+    (["pretrain", "--steps", "abc"], "Invalid value for '--steps'"),
+    (["data", "synth"], "Missing option '--out'"),
+])
+def test_command_line_usage_errors_are_one_line(argv, message):
+    """Whatever click typer runs on (click itself or its own copy), usage errors end in one line, exit 2."""
+    result = run_cli(*argv)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: {message}") and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_cli_info(tiny_pth):
     result = run_cli("info", str(tiny_pth))
     assert result.returncode == 0, result.stderr

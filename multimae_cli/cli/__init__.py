@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from ..errors import MultiMAEError
 from . import data, export, finetune, info, plugins, predict, pretrain, pseudolabel
+
+try:  # newer typer runs on its own copy of click, whose errors derive from this
+    from typer.exceptions import TyperException as CommandLineError
+except ImportError:
+    from click import ClickException as CommandLineError
 
 
 def build_app() -> typer.Typer:
@@ -47,18 +51,26 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
+def usage_line(exc: BaseException) -> str:
+    """A command-line usage error in one line, pointing at the command's help."""
+    context = getattr(exc, "ctx", None)
+    message = exc.format_message()
+    return f"{message} (see '{context.command_path} --help')" if context is not None else message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     try:
         code = build_app()(args=argv, prog_name="multimae", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
+    except CommandLineError as exc:
+        if exc.format_message():  # an empty one follows the help a bare `multimae` prints
+            print(f"error: {usage_line(exc)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except MultiMAEError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
