@@ -406,7 +406,7 @@ def _check_targets(out: Path, targets: dict, viz, overwrite: bool, manifest: Pat
     parent = out.parent
     if not parent.is_dir():
         raise InputError(f"--out {out}: folder {parent} does not exist")
-    if viz is not None and not Path(viz).parent.is_dir():
+    if viz is not None and not (Path(viz).parent.is_dir() or Path(viz).parent.resolve() == out.resolve()):
         raise InputError(f"--viz {viz}: folder {Path(viz).parent} does not exist")
     paths = [p for per_task in targets.values() for pair in per_task.values() for p in pair if p is not None]
     paths += [p for p in (Path(viz) if viz is not None else None, manifest) if p is not None]

@@ -42,7 +42,7 @@ def test_predict_photo_writes_every_output_at_the_original_size(tmp_path, photo,
 
     out = tmp_path / "pred"
     result = run_cli("predict", str(photo), "--out", str(out), "--checkpoint", str(checkpoint), "--colorize",
-                     "--viz", str(tmp_path / "grid.png"), "--json")
+                     "--viz", str(out / "grid.png"), "--json")  # inside the folder predict makes
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["tasks"] == ["depth", "semseg"] and summary["images"] == 1
@@ -55,7 +55,7 @@ def test_predict_photo_writes_every_output_at_the_original_size(tmp_path, photo,
 
     assert cv2.imread(str(out / "depth-color" / "grace_hopper.png")).shape == (*PHOTO_SHAPE, 3)
     assert not (out / "semseg-color").exists()  # a palette PNG is a picture already
-    grid = cv2.imread(str(tmp_path / "grid.png"))
+    grid = cv2.imread(str(out / "grid.png"))
     assert grid.shape[0] > 100 and grid.shape[1] > 3 * 100  # input, depth, semseg side by side
     manifest = json.loads((out / "predict.json").read_text())
     assert [entry["id"] for entry in manifest["legend"]["semseg"]] == list(range(6))
