@@ -30,13 +30,13 @@ def find_checkpoint(checkpoint: str | Path | None = None, runs_dir: str | Path =
     `$MULTIMAE_CHECKPOINT`, else the newest checkpoint of any run under `runs_dir`."""
     source = checkpoint or os.environ.get(CHECKPOINT_ENV)
     if source:
-        path = Path(source)
-        for candidate in (path, path / "model.safetensors", path / "best" / "model.safetensors",
-                          path / "last" / "model.safetensors"):
-            if candidate.is_file():
-                return candidate
-        origin = "--checkpoint" if checkpoint else f"${CHECKPOINT_ENV}"
-        raise CheckpointError(f"{path}: no such checkpoint file or run folder (from {origin})")
+        from .formats import checkpoint_file
+
+        try:
+            return checkpoint_file(source)
+        except CheckpointError as exc:
+            origin = "--checkpoint" if checkpoint else f"${CHECKPOINT_ENV}"
+            raise CheckpointError(f"{exc} (from {origin})") from None
     found = sorted(Path(runs_dir).glob("*/*/model.safetensors"), key=lambda p: p.stat().st_mtime)
     found = [p for p in found if p.parent.name in ("last", "best")]
     if not found:

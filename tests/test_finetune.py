@@ -105,10 +105,14 @@ def test_classification_from_class_folders(tmp_path, encoder):
     assert set(summary["metrics"]) == {"top1", "top5"}
     model = load_task_model(tmp_path / "runs" / "cls" / "best" / "model.safetensors")
     assert model.task_info["classes"] == ["blue", "red"]
-    result = run_cli("eval", str(tmp_path / "runs" / "cls" / "best" / "model.safetensors"), "--data",
+    result = run_cli("eval", str(tmp_path / "runs" / "cls"), "--data",  # a run folder means its best/
                      str(tmp_path / "data"), "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["samples"] == 12
+    info = run_cli("info", str(tmp_path / "runs" / "cls" / "last"))
+    assert info.returncode == 0 and "inputs:  rgb" in info.stdout, info.stderr
+    empty = run_cli("info", str(tmp_path / "data"))
+    assert empty.returncode == 2 and "no model.safetensors in this folder, nor in its best/ or last/" in empty.stderr
 
 
 def test_official_fixture_into_each_head_at_another_resolution(tmp_path, tiny_pth):

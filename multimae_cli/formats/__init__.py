@@ -18,6 +18,19 @@ _LISTED = 6
 
 
 TASK_KEY = "multimae.task"
+WEIGHTS = "model.safetensors"
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The weights file `path` names: a file, a checkpoint folder (`model.safetensors` inside), or a run folder
+    (its `best/` checkpoint when it has one, else `last/`)."""
+    path = Path(path)
+    for candidate in (path, path / WEIGHTS, path / "best" / WEIGHTS, path / "last" / WEIGHTS):
+        if candidate.is_file():
+            return candidate
+    if path.is_dir():
+        raise CheckpointError(f"{path}: no {WEIGHTS} in this folder, nor in its best/ or last/")
+    raise CheckpointError(f"{path}: no such file")
 
 
 def save_model(model: MultiMAE, path: str | Path) -> None:
@@ -37,8 +50,11 @@ def read_task_info(path: str | Path) -> dict[str, Any] | None:
     """The fine-tuning record of a native checkpoint (task, head, classes, ...), None for other files."""
     import json
 
-    path = Path(path)
-    if not path.is_file() or not is_safetensors(path):
+    try:
+        path = checkpoint_file(path)
+    except CheckpointError:
+        return None
+    if not is_safetensors(path):
         return None
     from safetensors import safe_open
 
@@ -52,6 +68,7 @@ def load_task_model(path: str | Path, **overrides: Any):
     from ..registry import get_registry
     from ..task import build_task_model
 
+    path = checkpoint_file(path)
     info = read_task_info(path)
     if info is None:
         raise CheckpointError(f"{path}: not a fine-tuned checkpoint (it has no task head)")
@@ -73,10 +90,9 @@ def load_task_model(path: str | Path, **overrides: Any):
 
 
 def read_checkpoint(path: str | Path, **overrides: Any):
-    """The state dict (official key names) of any supported file and the config that rebuilds its model."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+    """The state dict (official key names) of any supported file (or checkpoint / run folder, `checkpoint_file`)
+    and the config that rebuilds its model."""
+    path = checkpoint_file(path)
     safetensors = is_safetensors(path)
     if not safetensors and not _looks_like_torch(path):
         raise CheckpointError(f"{path}: not a checkpoint (neither safetensors nor a PyTorch .pth file)")
