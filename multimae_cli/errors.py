@@ -29,3 +29,13 @@ class ConfigError(MultiMAEError, ValueError):
 
 class PluginError(MultiMAEError, RuntimeError):
     """A plugin could not be loaded or breaks the plugin contract."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message; one re-raised from a DataLoader worker carries the worker's traceback, of which the
+    last line holds the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text

@@ -17,7 +17,7 @@ import torch
 from conftest import run_cli
 
 from multimae_cli.config import PretrainConfig, load_pretrain_config
-from multimae_cli.errors import ConfigError
+from multimae_cli.errors import ConfigError, InputError
 from multimae_cli.formats import load_model
 from multimae_cli.train import checkpoint as ckpt
 from multimae_cli.train import pretrain as pretrain_module
@@ -185,6 +185,33 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     folder = ckpt.find_checkpoint(tmp_path / "runs" / "nan")
     assert torch.load(folder / "state.pt", weights_only=True)["step"] == 4
     assert all(torch.isfinite(v).all() for v in load_model(folder / "model.safetensors").state_dict().values())
+
+
+def test_bad_sample_mid_run_saves_progress_and_the_run_resumes(tmp_path, monkeypatch):
+    real = pretrain_module.build_dataset
+
+    def breaking(*args, **kwargs):  # the 9th sample read fails, as a corrupt file would
+        dataset = real(*args, **kwargs)
+        read, calls = dataset.read, {"n": 0}
+
+        def read_or_fail(index):
+            calls["n"] += 1
+            if calls["n"] == 9:
+                raise InputError("data/train/rgb/000007.png: not a readable image")
+            return read(index)
+
+        dataset.read = read_or_fail
+        return dataset
+
+    monkeypatch.setattr(pretrain_module, "build_dataset", breaking)
+    with pytest.raises(TrainingStopped, match=r"^data/train/rgb/000007.png: not a readable image; progress saved at "
+                                              r"step (\d+): .* `multimae pretrain --resume .*badfile`") as stopped:
+        pretrain(tiny(tmp_path, name="badfile", steps=12), quiet=True)
+    saved = int(re.search(r"step (\d+)", str(stopped.value)).group(1))
+    run = tmp_path / "runs" / "badfile"
+    assert saved > 0 and torch.load(run / "last" / "state.pt", weights_only=True)["step"] == saved
+    monkeypatch.setattr(pretrain_module, "build_dataset", real)  # the file mended
+    assert pretrain(tiny(tmp_path, name="badfile", steps=12), resume=run, quiet=True)["steps"] == 12
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):

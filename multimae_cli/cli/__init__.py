@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from ..errors import MultiMAEError
+from ..errors import MultiMAEError, one_line
 from . import data, export, finetune, info, plugins, predict, pretrain, pseudolabel
 
 try:  # newer typer runs on its own copy of click, whose errors derive from this
@@ -39,16 +39,6 @@ def build_app() -> typer.Typer:
 
     get_registry().add_commands(app)
     return app
-
-
-def one_line(exc: BaseException) -> str:
-    """The error's message; one re-raised from a DataLoader worker carries the worker's traceback, of which the
-    last line holds the original message."""
-    text = str(exc)
-    if "Original Traceback" in text:
-        last = text.strip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text
 
 
 def usage_line(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ from ..config import FinetuneConfig
 from ..data.datasets import make_loader
 from ..data.tasks import TARGET, TaskDataset, build_source, class_names, declared_classes, depth_scale, prepare_target
 from ..data.transforms import normalize_sample, to_device
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, MultiMAEError, one_line
 from ..factory import create_model, resolve_modalities
 from ..registry import get_registry
 from ..task import Task, build_task_model
@@ -282,6 +282,12 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
             save()
             raise TrainingStopped(f"interrupted at step {step}; checkpoint saved, continue with "
                                   f"`multimae finetune --resume {run}`") from None
+        except MultiMAEError as exc:
+            if info.world > 1 or step == 0 or isinstance(exc, TrainingStopped):
+                raise  # other ranks may be waiting in a collective: no checkpoint barrier now
+            save()
+            raise TrainingStopped(f"{one_line(exc)}; progress saved at step {step}: mend the input (or set "
+                                  f"data.skip_bad=true) and continue with `multimae finetune --resume {run}`") from None
     return {"run": str(run), "task": task.name, "steps": step, "first_loss": first_loss, "final_loss": last_loss,
             "metrics": evaluation, "main_metric": metric_kind.main, "best": best,
             "checkpoint": str(run / (ckpt.BEST if (run / ckpt.BEST).is_dir() else ckpt.LAST) / "model.safetensors")}

@@ -20,7 +20,7 @@ from ..config import PretrainConfig
 from ..data.datasets import SyntheticDataset, make_loader
 from ..data.folder import FolderDataset
 from ..data.transforms import MultiModalTransform, to_device
-from ..errors import ConfigError, MultiMAEError
+from ..errors import ConfigError, MultiMAEError, one_line
 from ..factory import create_model, create_objective, resolve_modalities
 from ..model.masking import random_masks
 from . import checkpoint as ckpt
@@ -254,6 +254,12 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
             save()
             raise TrainingStopped(f"interrupted at step {step}; checkpoint saved, continue with "
                                   f"`multimae pretrain --resume {run}`") from None
+        except MultiMAEError as exc:
+            if info.world > 1 or step == 0 or isinstance(exc, TrainingStopped):
+                raise  # other ranks may be waiting in a collective: no checkpoint barrier now
+            save()
+            raise TrainingStopped(f"{one_line(exc)}; progress saved at step {step}: mend the input (or set "
+                                  f"data.skip_bad=true) and continue with `multimae pretrain --resume {run}`") from None
     return {"run": str(run), "steps": step, "first_loss": first_loss,
             "final_loss": last_record["loss"] if last_record else None,
             "img_per_s": last_record["img_per_s"] if last_record else None,
