@@ -23,6 +23,7 @@ import torch
 from multimae_plugins import rgb
 
 from multimae_cli import ModelConfig, create_model, save_model
+from multimae_cli.data.transforms import to_device
 from multimae_cli.predict import Predictor
 
 
@@ -54,7 +55,8 @@ def main() -> None:
         sample = [("photo", {"rgb": image})]
         forwards = []
         with torch.inference_mode():
-            batch = {"rgb": predictor.prepare(sample[0][1], (224, 224))["rgb"][None].to(predictor.device)}
+            files = {"rgb": predictor.prepare(sample[0][1], (224, 224))["rgb"][None]}
+            batch = to_device(files, predictor.modalities, predictor.device)
             for step in range(args.runs * 4 + 2):
                 started = time.perf_counter()
                 predictor.model.decode(predictor.model.encode(batch, mask_inputs=False), ["depth", "semseg"])

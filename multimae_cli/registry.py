@@ -71,7 +71,7 @@ class PluginInfo:
 
 
 def required_api(plugin: object) -> int | None:
-    """The plugin API version a plugin says it needs (`MULTIMAE_API = N`), None when it says nothing."""
+    """The plugin API version a plugin says it is written for (`MULTIMAE_API = N`), None when it says nothing."""
     value = getattr(plugin, API_ATTRIBUTE, None)
     if value is None:
         return None

@@ -32,7 +32,8 @@ def _names(text: str | None) -> list[str] | None:
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_command(
-        checkpoint: Path = typer.Argument(..., help="Native .safetensors, official .pth or timm file."),
+        checkpoint: Path = typer.Argument(..., help="Native .safetensors, official .pth or timm file, or a run / "
+                                                    "checkpoint folder."),
         format: str = typer.Option(..., "--format", help="native | official | timm | onnx."),
         out: Path = typer.Option(..., "--out", help="File to write (.safetensors, .pth or .onnx)."),
         inputs: str | None = typer.Option(None, "--inputs", help="ONNX: inputs of the graph (default: all)."),

@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval")
     def eval_command(
-        checkpoint: Path = typer.Argument(..., help="A fine-tuned checkpoint (runs/<name>/best/model.safetensors)."),
+        checkpoint: Path = typer.Argument(..., help="A fine-tuned checkpoint: a file or a run folder "
+                                                    "(runs/<name>: its best/, else last/)."),
         data: Path | None = typer.Option(None, "--data", help="Folder dataset root (default: synthetic scenes)."),
         split: str = typer.Option("val", "--split"),
         batch_size: int = typer.Option(16, "--batch-size"),

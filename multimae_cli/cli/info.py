@@ -24,7 +24,8 @@ def checkpoint_info(path: Path) -> dict:
 def register(app: typer.Typer) -> None:
     @app.command("info")
     def info_command(
-        checkpoint: Path = typer.Argument(..., help="Native .safetensors, official .pth or timm ViT file."),
+        checkpoint: Path = typer.Argument(..., help="Native .safetensors, official .pth or timm ViT file, or a "
+                                                    "run / checkpoint folder."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Show the architecture and modalities a checkpoint holds."""
