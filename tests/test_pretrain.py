@@ -214,6 +214,15 @@ def test_bad_sample_mid_run_saves_progress_and_the_run_resumes(tmp_path, monkeyp
     assert pretrain(tiny(tmp_path, name="badfile", steps=12), resume=run, quiet=True)["steps"] == 12
 
 
+def test_resuming_a_finished_run_says_so(tmp_path):
+    pretrain(tiny(tmp_path, name="finished", steps=2), quiet=True)
+    result = run_cli("pretrain", "--resume", str(tmp_path / "runs" / "finished"), "--quiet")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    result = run_cli("pretrain", "--resume", str(tmp_path / "runs" / "finished"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("nothing to do: the run is already at step 2;")
+
+
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     real_save = torch.save
     saves = {"n": 0}

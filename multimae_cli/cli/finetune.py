@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
+from .pretrain import summary_line
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -75,8 +76,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(summary))
         elif not quiet:
-            typer.echo(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
-                       f"{summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
+            typer.echo(summary_line(summary))
             if summary["metrics"]:
                 _print_metrics(f"{summary['task']} (validation)", summary["metrics"])
 

@@ -11,6 +11,15 @@ import typer
 from ..errors import ConfigError
 
 
+def summary_line(summary: dict) -> str:
+    """What a finished (or already finished) training run reports: steps, loss first -> last, checkpoint."""
+    first, final = summary["first_loss"], summary["final_loss"]
+    if first is None:
+        return f"nothing to do: the run is already at step {summary['steps']}; checkpoint {summary['checkpoint']}"
+    loss = f"{final:.4f}" if first == final else f"{first:.4f} -> {final:.4f}"
+    return f"done: {summary['steps']} steps, loss {loss}; checkpoint {summary['checkpoint']}"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain_command(
@@ -64,5 +73,4 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(summary))
         elif not quiet:
-            typer.echo(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
-                       f"{summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
+            typer.echo(summary_line(summary))
