@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
-ImageSize = Annotated[tuple[int, int], BeforeValidator(lambda v: (v, v) if isinstance(v, int) else v)]
+ImageSize = Annotated[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]],
+                      BeforeValidator(lambda v: (v, v) if isinstance(v, int) else v)]
 """(height, width); a single number means a square."""
+Count = Annotated[int, Field(ge=1)]  # sizes, steps, intervals: at least one
+Amount = Annotated[int, Field(ge=0)]  # may be zero (workers, global tokens, warmup steps)
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"dim": 192, "depth": 12, "num_heads": 3, "decoder_dim": 128, "decoder_num_heads": 4},
@@ -28,18 +35,18 @@ class ModelConfig(BaseModel):
     outputs: tuple[str, ...] = ("rgb", "depth", "semseg", "norm_rgb")
     channels: dict[str, int] = {}
     image_size: ImageSize = (224, 224)
-    patch_size: int = 16
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
+    patch_size: Count = 16
+    dim: Count = 768
+    depth: Count = 12
+    num_heads: Count = 12
+    mlp_ratio: Positive = 4.0
     qkv_bias: bool = True
-    num_global_tokens: int = 1
-    drop_path_rate: float = 0.0
-    decoder_dim: int = 256
-    decoder_depth: int = 2
-    decoder_num_heads: int = 8
-    decoder_mlp_ratio: float = 4.0
+    num_global_tokens: Amount = 1
+    drop_path_rate: Fraction = 0.0
+    decoder_dim: Count = 256
+    decoder_depth: Amount = 2
+    decoder_num_heads: Count = 8
+    decoder_mlp_ratio: Positive = 4.0
     use_task_queries: bool = True
     num_encoded_tokens: int = 98
     alphas: float | tuple[float, ...] = 1.0
@@ -114,13 +121,13 @@ class DataConfig(BaseModel):
     source: Literal["synthetic", "folder"] = "synthetic"
     path: str | None = None
     split: str = "train"
-    synthetic_scenes: int = 4096
-    val_scenes: int = 64
-    render_size: int | None = None
-    workers: int = 2
+    synthetic_scenes: Count = 4096
+    val_scenes: Count = 64
+    render_size: Count | None = None
+    workers: Amount = 2
     skip_bad: bool = False
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    hflip: float = 0.5
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.2, 1.0)
+    hflip: Probability = 0.5
 
     @model_validator(mode="after")
     def _path_for_folders(self) -> DataConfig:
@@ -134,17 +141,17 @@ class OptimConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    blr: float = 1e-4
-    lr: float | None = None
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
+    blr: Positive = 1e-4
+    lr: Positive | None = None
+    min_lr: NonNegative = 0.0
+    weight_decay: NonNegative = 0.05
     decay_everything: bool = False
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_steps: int | None = None
-    warmup_fraction: float = 0.025
-    clip_grad: float | None = None
-    accum_steps: int = 1
+    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
+    eps: Positive = 1e-8
+    warmup_steps: Amount | None = None
+    warmup_fraction: Fraction = 0.025
+    clip_grad: Positive | None = None
+    accum_steps: Count = 1
 
 
 class RunConfig(BaseModel):
@@ -152,17 +159,17 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int = 16
-    steps: int | None = None
-    epochs: float | None = None
+    batch_size: Count = 16
+    steps: Count | None = None
+    epochs: Positive | None = None
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     out_dir: str = "runs"
     name: str | None = None
-    log_every: int = 10
-    checkpoint_every: int = 100
+    log_every: Count = 10
+    checkpoint_every: Count = 100
 
 
 class PretrainConfig(RunConfig):
@@ -176,7 +183,7 @@ class PretrainConfig(RunConfig):
     loss_weights: dict[str, float] = {}
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig(blr=8e-3)  # lr 5e-4 at batch 16: the tiny CPU recipe
-    preview_every: int = 100
+    preview_every: Amount = 100  # 0: no previews
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
@@ -269,7 +276,7 @@ class FinetuneConfig(RunConfig):
 
     task: str = "depth"
     checkpoint: str | None = None
-    num_heads: int | None = None  # for a checkpoint that cannot tell it (timm files; official ones without args)
+    num_heads: Count | None = None  # for a checkpoint that cannot tell it (timm files; official ones without args)
     inputs: tuple[str, ...] | None = None
     image_size: ImageSize | None = None
     preset: str = "tiny"
@@ -279,15 +286,15 @@ class FinetuneConfig(RunConfig):
     loss: str | None = None
     loss_options: dict[str, Any] = {}
     mixup: dict[str, Any] = {}
-    num_classes: int | None = None
+    num_classes: Count | None = None
     reduce_zero_label: bool = False
-    depth_scale: float | None = None
+    depth_scale: Positive | None = None
     data: DataConfig = DataConfig()
     val_split: str | None = "val"
     optim: OptimConfig = OptimConfig(blr=5e-4, betas=(0.9, 0.999), warmup_fraction=0.05)
     layer_decay: float | None = 0.75
-    drop_path_rate: float = 0.1
-    eval_every: int = 100
+    drop_path_rate: Fraction = 0.1
+    eval_every: Count = 100
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:

@@ -166,6 +166,11 @@ def test_bad_inputs(tmp_path, encoder):
     assert result.returncode == 2 and "layer_decay" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_classification_on_synthetic_scenes_asks_for_class_folders(tmp_path):
+    with pytest.raises(InputError, match="classification reads class folders: give a folder dataset"):
+        finetune(settings(tmp_path, task="classification"), quiet=True)  # was an AttributeError
+
+
 def test_labels_out_of_range_name_the_file(tmp_path, encoder):
     from multimae_plugins import depth, rgb, semseg
 

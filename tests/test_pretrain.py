@@ -160,6 +160,21 @@ def test_config_precedence_and_unknown_keys(tmp_path):
     assert result.returncode == 2 and "unknown modality 'lidar'" in result.stderr
 
 
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("batch_size=0", "batch_size: Input should be greater than or equal to 1"),  # was a ZeroDivisionError
+    ("steps=-3", "steps: Input should be greater than or equal to 1"),  # was a run that did nothing
+    ("data.hflip=2", "data.hflip: Input should be less than or equal to 1"),
+    ("data.crop_scale=[0,1]", "data.crop_scale.0: Input should be greater than 0"),
+    ("optim.lr=-1", "optim.lr: Input should be greater than 0"),
+    ("optim.accum_steps=0", "optim.accum_steps: Input should be greater than or equal to 1"),
+    ("log_every=0", "log_every: Input should be greater than or equal to 1"),
+    ("model.image_size=[64,0]", "model.image_size.1: Input should be greater than or equal to 1"),
+])
+def test_out_of_range_settings_name_the_key(assignment, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_pretrain_config(assignments=[assignment]).model_config_resolved()
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     real = pretrain_module.create_objective
 

@@ -79,6 +79,9 @@ class TaskDataset:
 
 def class_names(source) -> list[str]:
     """Class folders of a folder dataset (the first part of every sample key), sorted."""
+    if not hasattr(source, "index"):
+        raise InputError("classification reads class folders: give a folder dataset (--data DIR holding "
+                         "DIR/<split>/<modality>/<class>/<name>.<ext>); synthetic scenes have no classes")
     names = sorted({key.split("/")[0] for key in source.index.keys if "/" in key})
     if len(names) < 2:
         raise InputError(f"{source.index.root}: classification needs samples in class folders "
