@@ -1,15 +1,18 @@
 """Pretraining throughput: one full training step (masked forward, losses, backward, AdamW) of the official
 configuration (rgb + depth + semseg in; rgb, depth, semseg, norm_rgb out; a sixth of the tokens visible) on
 synthetic inputs already on the device. Median of the timed steps after warm-up. Prints one JSON line with
-img/s, ms/step, peak memory, FLOPs per image (counted by torch's FlopCounterMode on the real forward) and MFU.
+img/s, ms/step, peak memory (GPU: allocated by torch; CPU: the process's peak resident size), FLOPs per image
+(counted by torch's FlopCounterMode on the real forward) and MFU.
     python benchmarks/pretrain_throughput.py [--preset base] [--batch N] [--device cpu|cuda]
-        [--precision auto|bf16|fp16|fp32] [--compile] [--steps N] [--floor] [--peak-tflops 782]
+        [--precision auto|bf16|fp16|fp32] [--compile] [--activation-checkpointing] [--steps N] [--floor]
+        [--peak-tflops 782]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -36,10 +39,11 @@ def forward_flops(config: ModelConfig) -> float:
 
 
 def time_steps(config: ModelConfig, batch: int, device: torch.device, dtype, compile_model: bool, steps: int,
-               warmup: int, with_optimizer: bool = True) -> list[float]:
+               warmup: int, with_optimizer: bool = True, recompute: bool = False) -> list[float]:
     """Seconds per step, warm-up excluded: masked forward, losses, backward and (optionally) AdamW."""
     torch.manual_seed(0)
     model = create_model(config).to(device).train()
+    model.set_grad_checkpointing(recompute)
     objective = create_objective(config).to(device)
     optimizer = build_optimizer(model, OptimConfig(), 1e-4, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="Recompute encoder activations.")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--floor", action="store_true", help="Also time batch 16 (CPU: 1): the host-overhead floor.")
     parser.add_argument("--peak-tflops", type=float, help="The device's measured bf16 matmul peak, for MFU.")
@@ -87,7 +92,8 @@ def main() -> None:
     dtype = resolve_precision(args.precision, device)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_steps(config, batch, device, dtype, args.compile, steps, warmup=5 if on_gpu else 1)
+    times = time_steps(config, batch, device, dtype, args.compile, steps, warmup=5 if on_gpu else 1,
+                       recompute=args.activation_checkpointing)
     median = statistics.median(times)
     flops = forward_flops(config)
     achieved = 3 * flops * batch / median  # forward + backward (2x forward)
@@ -95,6 +101,7 @@ def main() -> None:
         "benchmark": "pretrain_throughput", "preset": args.preset, "device": torch.cuda.get_device_name(device)
         if on_gpu else "cpu", "threads": torch.get_num_threads(), "batch": batch,
         "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype], "compile": args.compile,
+        "activation_checkpointing": args.activation_checkpointing,
         "steps": steps, "ms_per_step": round(median * 1e3, 1), "img_per_s": round(batch / median, 1),
         "gflop_fwd_per_img": round(flops / 1e9, 2), "tflops": round(achieved / 1e12, 2), "torch": torch.__version__,
     }
@@ -102,9 +109,12 @@ def main() -> None:
         result["mfu"] = round(achieved / (args.peak_tflops * 1e12), 3)
     if on_gpu:
         result["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    else:  # kibibytes on Linux; measured before the floor run below
+        result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     if args.floor:
         small = 16 if on_gpu else 1
-        floor = statistics.median(time_steps(config, small, device, dtype, args.compile, steps, warmup=3))
+        floor = statistics.median(time_steps(config, small, device, dtype, args.compile, steps, warmup=3,
+                                             recompute=args.activation_checkpointing))
         result[f"ms_per_step_batch{small}"] = round(floor * 1e3, 1)
     print(json.dumps(result))
 

@@ -164,6 +164,7 @@ class RunConfig(BaseModel):
     epochs: Positive | None = None
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute encoder activations in backward: less memory, more compute
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     out_dir: str = "runs"

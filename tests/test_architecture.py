@@ -136,3 +136,25 @@ def test_drop_path_is_stochastic_only_in_training(tiny_pth, tiny_io):
         trained = [model.train().forward_features(fixture_inputs(tiny_io)) for _ in range(4)]
     assert torch.equal(a, b)
     assert any(not torch.allclose(t, a) for t in trained)
+
+
+@pytest.mark.parametrize("all_layers", [False, True])  # the pretraining encoder; the DPT heads' per-layer path
+def test_activation_checkpointing_gives_the_same_gradients(all_layers):
+    config = ModelConfig.from_preset("tiny", image_size=32, depth=3, num_encoded_tokens=6, drop_path_rate=0.3)
+    inputs = {"rgb": torch.randn(2, 3, 32, 32), "depth": torch.randn(2, 1, 32, 32),
+              "semseg": torch.randint(0, 133, (2, 8, 8))}
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = create_model(config).train()  # drop path on: recomputation must replay the same random draws
+        model.set_grad_checkpointing(recompute)
+        if all_layers:
+            loss = sum(layer.square().mean() for layer in model.encode_unmasked(inputs, return_all_layers=True)[0])
+        else:
+            preds, masks = model(inputs)
+            loss = create_objective(config)(preds, inputs, masks)[0]
+        loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name, grad in grads[0].items():
+        assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -182,6 +182,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         if val_source is not None:
             val_set = TaskDataset(val_source, inputs, task, modalities, size, train=False, classes=classes,
                                   seed=config.seed, num_classes=num_outputs, reduce_zero_label=zero)
+    model.backbone.set_grad_checkpointing(config.activation_checkpointing)
     model.to(device).train()
     loss_name = config.loss or next(iter(task.losses))
     criterion = task.losses[loss_name](config.loss_options)

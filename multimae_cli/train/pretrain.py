@@ -150,6 +150,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
         if info.is_main:
             (run / "previews").mkdir()
     model_config = model.config
+    model.set_grad_checkpointing(config.activation_checkpointing)
     model.to(device).train()
     objective = create_objective(model_config, config.loss_weights).to(device)
 
