@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # test processes share the cores: one thread each (and their subprocesses)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MULTIMAE_FIXTURES", REPO.parent / "shared" / "fixtures" / "official-compat"))
 
