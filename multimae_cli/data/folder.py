@@ -33,7 +33,8 @@ def scan_split(root: str | Path, modalities: Mapping[str, Modality]) -> FolderIn
     """Index `root/<modality>/**` for each modality; keys present in all modalities are the samples."""
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"{root}: no such folder")
+        raise InputError(f"{root}: no such folder (a dataset holds <split>/<modality>/<files>, so files of "
+                         f"modality rgb here belong in {root / 'rgb'})")
     files: dict[str, dict[str, Path]] = {}
     extra: dict[str, list[Path]] = {}
     duplicates: list[str] = []

@@ -28,8 +28,8 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: OptimConfig, total_
     """Linear warmup from 0, then cosine to `min_lr`, per optimiser step (the official schedule)."""
     warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_fraction * total_steps)
     warmup = min(warmup, max(total_steps - 1, 0))
-    return CosineLRScheduler(
-        optimizer, t_initial=max(total_steps - warmup, 1), lr_min=config.min_lr, warmup_t=warmup,
+    return CosineLRScheduler(  # t_initial >= 2: one step after warmup has the full lr either way, and timm warns at 1
+        optimizer, t_initial=max(total_steps - warmup, 2), lr_min=config.min_lr, warmup_t=warmup,
         warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False,
     )
 
