@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,26 @@ from .optim import build_optimizer, build_schedule, optimizer_step
 
 class TrainingStopped(MultiMAEError):
     """The run stopped early (non-finite loss, interruption); its last good checkpoint is kept."""
+
+
+@contextlib.contextmanager
+def stops_saved(save: Callable[[], None], current_step: Callable[[], int], info: DistInfo, command: str, run: Path):
+    """A training loop stopped by Ctrl-C or by a bad input met mid-run (a corrupt file) saves its progress and
+    says how to resume. Under DDP a bad input is re-raised as it is: other ranks may be waiting in a collective,
+    so no checkpoint barrier can be entered."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        save()
+        raise TrainingStopped(f"interrupted at step {current_step()}; checkpoint saved, continue with "
+                              f"`multimae {command} --resume {run}`") from None
+    except MultiMAEError as exc:
+        step = current_step()
+        if info.world > 1 or step == 0 or isinstance(exc, TrainingStopped):
+            raise
+        save()
+        raise TrainingStopped(f"{one_line(exc)}; progress saved at step {step}: mend the input (or set "
+                              f"data.skip_bad=true) and continue with `multimae {command} --resume {run}`") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,68 +220,57 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     window_start, window_images = time.perf_counter(), 0
     first_loss = last_record = None
     micro = step * accum
-    with bar:
-        try:
-            while step < total_steps:
-                epoch, start_batch = divmod(micro, sampler.batches_per_epoch)
-                sampler.set_epoch(epoch, start_batch)
-                dataset.set_epoch(epoch)
-                for batch in loader:
-                    batch = to_device(batch, modalities, device, non_blocking=True)
-                    masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
-                    inputs = {name: batch[name] for name in model_config.inputs}
-                    last_micro = (micro + 1) % accum == 0
-                    accumulating = info.world > 1 and not last_micro  # DDP: all-reduce once per update
-                    with trained.no_sync() if accumulating else contextlib.nullcontext():
-                        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                            preds, masks = trained(inputs, task_masks=masks, check=False)
-                        loss, parts = objective(preds, batch, masks)
-                        scaler.scale(loss / accum).backward()
-                    micro += 1
-                    numbers = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).tolist()
-                    values = dict(zip(["loss", *(f"loss/{k}" for k in parts)], numbers, strict=True))
-                    if not math.isfinite(values["loss"]):
-                        detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in parts_of(values))
-                        raise TrainingStopped(f"non-finite loss at step {step + 1}: {detail}; the last good "
-                                              f"checkpoint is kept in {run}")
-                    for key, value in values.items():
-                        window.setdefault(key, []).append(value)
-                    window_images += config.batch_size * info.world
-                    if not last_micro:
-                        continue
-                    optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
-                    step += 1
-                    if step % config.log_every == 0 or step == total_steps:
-                        record = average({k: sum(v) / len(v) for k, v in window.items()}, info, device)
-                        elapsed = time.perf_counter() - window_start
-                        record = {"step": step, **record, "lr": optimizer.param_groups[0]["lr"],
-                                  "img_per_s": window_images / elapsed}
-                        first_loss = first_loss if first_loss is not None else record["loss"]
-                        last_record = record
-                        if info.is_main:
-                            ckpt.append_metrics(run, record)
-                        bar.update(task, completed=step, stats=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                                                              f"{record['img_per_s']:.1f} img/s")
-                        window, window_start, window_images = {}, time.perf_counter(), 0
-                    else:
-                        bar.update(task, completed=step)
-                    due = step == total_steps or (config.preview_every and step % config.preview_every == 0)
-                    if info.is_main and config.preview_every and due:
-                        preview(model, dataset, config, modalities, run / "previews" / f"step-{step:06d}.png", device)
-                    if step % config.checkpoint_every == 0 or step == total_steps:
-                        save()
-                    if step == total_steps:
-                        break
-        except KeyboardInterrupt:
-            save()
-            raise TrainingStopped(f"interrupted at step {step}; checkpoint saved, continue with "
-                                  f"`multimae pretrain --resume {run}`") from None
-        except MultiMAEError as exc:
-            if info.world > 1 or step == 0 or isinstance(exc, TrainingStopped):
-                raise  # other ranks may be waiting in a collective: no checkpoint barrier now
-            save()
-            raise TrainingStopped(f"{one_line(exc)}; progress saved at step {step}: mend the input (or set "
-                                  f"data.skip_bad=true) and continue with `multimae pretrain --resume {run}`") from None
+    with bar, stops_saved(save, lambda: step, info, "pretrain", run):
+        while step < total_steps:
+            epoch, start_batch = divmod(micro, sampler.batches_per_epoch)
+            sampler.set_epoch(epoch, start_batch)
+            dataset.set_epoch(epoch)
+            for batch in loader:
+                batch = to_device(batch, modalities, device, non_blocking=True)
+                masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
+                inputs = {name: batch[name] for name in model_config.inputs}
+                last_micro = (micro + 1) % accum == 0
+                accumulating = info.world > 1 and not last_micro  # DDP: all-reduce once per update
+                with trained.no_sync() if accumulating else contextlib.nullcontext():
+                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        preds, masks = trained(inputs, task_masks=masks, check=False)
+                    loss, parts = objective(preds, batch, masks)
+                    scaler.scale(loss / accum).backward()
+                micro += 1
+                numbers = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).tolist()
+                values = dict(zip(["loss", *(f"loss/{k}" for k in parts)], numbers, strict=True))
+                if not math.isfinite(values["loss"]):
+                    detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in parts_of(values))
+                    raise TrainingStopped(f"non-finite loss at step {step + 1}: {detail}; the last good "
+                                          f"checkpoint is kept in {run}")
+                for key, value in values.items():
+                    window.setdefault(key, []).append(value)
+                window_images += config.batch_size * info.world
+                if not last_micro:
+                    continue
+                optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
+                step += 1
+                if step % config.log_every == 0 or step == total_steps:
+                    record = average({k: sum(v) / len(v) for k, v in window.items()}, info, device)
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": step, **record, "lr": optimizer.param_groups[0]["lr"],
+                              "img_per_s": window_images / elapsed}
+                    first_loss = first_loss if first_loss is not None else record["loss"]
+                    last_record = record
+                    if info.is_main:
+                        ckpt.append_metrics(run, record)
+                    bar.update(task, completed=step, stats=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                                                          f"{record['img_per_s']:.1f} img/s")
+                    window, window_start, window_images = {}, time.perf_counter(), 0
+                else:
+                    bar.update(task, completed=step)
+                due = step == total_steps or (config.preview_every and step % config.preview_every == 0)
+                if info.is_main and config.preview_every and due:
+                    preview(model, dataset, config, modalities, run / "previews" / f"step-{step:06d}.png", device)
+                if step % config.checkpoint_every == 0 or step == total_steps:
+                    save()
+                if step == total_steps:
+                    break
     return {"run": str(run), "steps": step, "first_loss": first_loss,
             "final_loss": last_record["loss"] if last_record else None,
             "img_per_s": last_record["img_per_s"] if last_record else None,
