@@ -24,7 +24,7 @@ from multimae_plugins import rgb
 
 from multimae_cli import ModelConfig, create_model, save_model
 from multimae_cli.data.transforms import to_device
-from multimae_cli.predict import Predictor
+from multimae_cli.predictor import Predictor
 
 
 def main() -> None:

@@ -46,13 +46,13 @@ def _device(name: str) -> str:
 @lru_cache(maxsize=4)
 def _predictor(path: str, device: str):
     """One loaded model per checkpoint, shared by the modalities it makes in a run."""
-    from multimae_cli.predict import Predictor
+    from multimae_cli.predictor import Predictor
 
     return Predictor.from_checkpoint(path, device)
 
 
 def load_multimae(request: TeacherRequest) -> Labeler:
-    from multimae_cli.predict import find_checkpoint
+    from multimae_cli.predictor import find_checkpoint
 
     request.check_options([])
     if not request.arg:
@@ -148,7 +148,7 @@ def _hf_input(images: np.ndarray, prep: dict, device: str) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
 
-    from multimae_cli.predict import working_size
+    from multimae_cli.predictor import working_size
 
     height, width = images.shape[1:3]
     size = prep["fixed"] or working_size(height, width, (round(math.sqrt(prep["pixels"])),) * 2, prep["multiple"])

@@ -102,7 +102,7 @@ def test_predict_folder_mirrors_the_tree_and_any_aspect(tmp_path, checkpoint):
 
 
 def test_checkpoint_resolution(tmp_path, photo, checkpoint, monkeypatch):
-    from multimae_cli.predict import CHECKPOINT_ENV, find_checkpoint
+    from multimae_cli.predictor import CHECKPOINT_ENV, find_checkpoint
 
     monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
     result = run_cli("predict", str(photo), "--out", str(tmp_path / "x"), cwd=tmp_path,
