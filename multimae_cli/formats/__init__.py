@@ -18,6 +18,7 @@ _LISTED = 6
 
 
 TASK_KEY = "multimae.task"
+TIMM_ARGS_KEY = "multimae.timm_args"  # header entry of timm exports: what timm's weights cannot tell (head count)
 WEIGHTS = "model.safetensors"
 
 
@@ -103,6 +104,10 @@ def read_checkpoint(path: str | Path, **overrides: Any):
     if safetensors:
         state_dict, metadata = read_safetensors(path)
         config = config_from_metadata(metadata, path)
+        if TIMM_ARGS_KEY in metadata:  # a timm file we exported knows its head count
+            import json
+
+            args = {"num_heads": json.loads(metadata[TIMM_ARGS_KEY])["num_heads"]}
         if TASK_KEY in metadata:  # a fine-tuned file: its encoder, the task head left out
             state_dict = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
     else:

@@ -134,9 +134,15 @@ def _export_timm(model, state: dict[str, torch.Tensor], out: Path) -> dict[str, 
 
     def write(tmp: Path) -> None:
         if out.suffix == ".safetensors":
+            import json
+
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in timm_state.items()}, str(tmp))
+            from . import TIMM_ARGS_KEY
+
+            record = {"timm_model": name, **kwargs, "num_heads": config.num_heads}  # `import timm` reads it back
+            metadata = {"format": "pt", TIMM_ARGS_KEY: json.dumps(record)}
+            save_file({k: v.contiguous() for k, v in timm_state.items()}, str(tmp), metadata=metadata)
         else:
             torch.save(timm_state, tmp)
 
