@@ -166,6 +166,24 @@ def test_bad_inputs(tmp_path, encoder):
     assert result.returncode == 2 and "layer_decay" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_validation_split_missing_named_or_broken(tmp_path):
+    from multimae_cli.data.synth_io import MODALITIES, write_synthetic
+    from multimae_cli.registry import get_registry
+
+    modalities = {name: get_registry().modality(name) for name in MODALITIES}
+    write_synthetic(tmp_path / "data", 4, (32, 32), modalities)  # a train split only
+    folder = {"source": "folder", "path": str(tmp_path / "data"), "workers": 0}
+    summary = finetune(settings(tmp_path, name="noval", steps=2, data=folder), quiet=True)
+    assert summary["steps"] == 2 and summary["metrics"] == {}  # the default split is absent: no evaluation
+    with pytest.raises(InputError, match=r"val_split: .*data/valid: no such folder"):
+        finetune(settings(tmp_path, name="typo", steps=2, data=folder, val_split="valid"), quiet=True)
+    (tmp_path / "data" / "val" / "rgb").mkdir(parents=True)  # a broken split is an error, never skipped
+    with pytest.raises(InputError, match=r"data/val/depth: missing folder for modality 'depth'"):
+        finetune(settings(tmp_path, name="broken", steps=2, data=folder), quiet=True)
+    with pytest.raises(InputError, match=r"data/test: no such folder \(its splits: train, val\)"):
+        evaluate_checkpoint(tmp_path / "runs" / "noval", data=tmp_path / "data", split="test", device="cpu")
+
+
 def test_classification_on_synthetic_scenes_asks_for_class_folders(tmp_path):
     with pytest.raises(InputError, match="classification reads class folders: give a folder dataset"):
         finetune(settings(tmp_path, task="classification"), quiet=True)  # was an AttributeError

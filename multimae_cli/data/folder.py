@@ -33,8 +33,14 @@ def scan_split(root: str | Path, modalities: Mapping[str, Modality]) -> FolderIn
     """Index `root/<modality>/**` for each modality; keys present in all modalities are the samples."""
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"{root}: no such folder (a dataset holds <split>/<modality>/<files>, so files of "
-                         f"modality rgb here belong in {root / 'rgb'})")
+        if not root.parent.is_dir():
+            raise InputError(f"{root.parent}: no such folder")
+        folders = sorted(p.name for p in root.parent.iterdir() if p.is_dir())
+        if folders and not set(folders) & set(modalities):
+            hint = f"its splits: {', '.join(folders)}"
+        else:  # modality folders straight under the root, or nothing at all
+            hint = f"a dataset holds <split>/<modality>/<files>: move the modality folders into {root}/"
+        raise InputError(f"{root}: no such folder ({hint})")
     files: dict[str, dict[str, Path]] = {}
     extra: dict[str, list[Path]] = {}
     duplicates: list[str] = []

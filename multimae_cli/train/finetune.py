@@ -8,6 +8,7 @@ is `train.evaluate`.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -172,16 +173,16 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                           crop_scale=config.data.crop_scale, hflip=config.data.hflip, classes=classes, seed=config.seed,
                           num_classes=num_outputs, reduce_zero_label=zero)
     val_set = None
-    if config.val_split:
-        try:
-            val_source = build_source(config, modalities, config.val_split, train=False)
-        except InputError:
-            if config.data.source == "synthetic":
-                raise
-            val_source = None  # a folder without this split: no evaluation during training
-        if val_source is not None:
-            val_set = TaskDataset(val_source, inputs, task, modalities, size, train=False, classes=classes,
-                                  seed=config.seed, num_classes=num_outputs, reduce_zero_label=zero)
+    val_folder = Path(config.data.path or ".") / (config.val_split or "")
+    if config.val_split and config.data.source == "folder" and not val_folder.is_dir():
+        if "val_split" in config.model_fields_set:  # asked for by name: a typo must not skip evaluation
+            raise InputError(f"val_split: {val_folder}: no such folder")
+        if info.is_main and not quiet:
+            print(f"note: {val_folder} does not exist: training without evaluation", file=sys.stderr)
+    elif config.val_split:
+        val_source = build_source(config, modalities, config.val_split, train=False)
+        val_set = TaskDataset(val_source, inputs, task, modalities, size, train=False, classes=classes,
+                              seed=config.seed, num_classes=num_outputs, reduce_zero_label=zero)
     model.backbone.set_grad_checkpointing(config.activation_checkpointing)
     model.to(device).train()
     loss_name = config.loss or next(iter(task.losses))
