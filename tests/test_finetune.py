@@ -175,6 +175,9 @@ def test_validation_split_missing_named_or_broken(tmp_path):
     folder = {"source": "folder", "path": str(tmp_path / "data"), "workers": 0}
     summary = finetune(settings(tmp_path, name="noval", steps=2, data=folder), quiet=True)
     assert summary["steps"] == 2 and summary["metrics"] == {}  # the default split is absent: no evaluation
+    resumed = finetune(settings(tmp_path, name="noval", steps=2, data=folder), resume=tmp_path / "runs" / "noval",
+                       quiet=True)  # the saved config names the default split: still no error
+    assert resumed["steps"] == 2
     with pytest.raises(InputError, match=r"val_split: .*data/valid: no such folder"):
         finetune(settings(tmp_path, name="typo", steps=2, data=folder, val_split="valid"), quiet=True)
     (tmp_path / "data" / "val" / "rgb").mkdir(parents=True)  # a broken split is an error, never skipped

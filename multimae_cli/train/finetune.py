@@ -175,7 +175,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     val_set = None
     val_folder = Path(config.data.path or ".") / (config.val_split or "")
     if config.val_split and config.data.source == "folder" and not val_folder.is_dir():
-        if "val_split" in config.model_fields_set:  # asked for by name: a typo must not skip evaluation
+        if config.val_split != FinetuneConfig.model_fields["val_split"].default:  # a typo must not skip evaluation
             raise InputError(f"val_split: {val_folder}: no such folder")
         if info.is_main and not quiet:
             print(f"note: {val_folder} does not exist: training without evaluation", file=sys.stderr)
