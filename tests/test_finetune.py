@@ -212,6 +212,28 @@ def test_labels_out_of_range_name_the_file(tmp_path, encoder):
     assert len(line.splitlines()) == 1 and "2.png: label 9 outside the 5 classes" in line, line
 
 
+def test_label_255_is_ignored_not_refused(tmp_path, encoder):
+    """ADE20K style: 255 marks pixels to ignore. The semseg modality has 133 classes for pretraining, but a
+    fine-tuning target is checked against the task's classes, 255 allowed (it was refused as out of range)."""
+    from multimae_plugins import rgb, semseg
+
+    labels = np.ones((32, 32), np.int64)
+    labels[:8] = 255
+    for split in ("train", "val"):
+        for i in range(4):
+            stem = tmp_path / "data" / split
+            for name in ("rgb", "semseg"):
+                (stem / name / "s").mkdir(parents=True, exist_ok=True)
+            rgb.write(stem / "rgb" / "s" / f"{i}.png", np.full((32, 32, 3), 40 * i, np.uint8))
+            semseg.write(stem / "semseg" / "s" / f"{i}.png", labels)
+    folder = {"source": "folder", "path": str(tmp_path / "data"), "workers": 0}
+    summary = finetune(settings(tmp_path, task="semseg", checkpoint=str(encoder), inputs=["rgb"], name="ignore",
+                                num_classes=5, head_options={"embed_dim": 64}, data=folder), quiet=True)
+    assert summary["steps"] == 4 and 0 <= summary["metrics"]["mIoU"] <= 100
+    result = evaluate_checkpoint(tmp_path / "runs" / "ignore", data=tmp_path / "data", device="cpu")
+    assert result["samples"] == 4
+
+
 def test_mixup_for_classification_only(tmp_path, encoder):
     with pytest.raises(ConfigError, match="mixup: only for classification"):
         finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["rgb"],

@@ -89,6 +89,16 @@ def class_names(source) -> list[str]:
     return names
 
 
+def source_modalities(modalities: dict, task: Task, inputs: list[str]) -> dict:
+    """What a task's sample source reads. A label target may hold ids up to 255 (ADE20K style: 255 is ignored):
+    the task checks them against its own classes, not against the class count of the pretraining modality."""
+    out = dict(modalities)
+    target = out.get(task.target) if task.target else None
+    if target is not None and target.kind == "labels" and task.target not in inputs:
+        out[task.target] = target.with_channels(max(target.channels, 256))
+    return out
+
+
 def build_source(config: FinetuneConfig, modalities: dict, split: str, train: bool):
     """The raw sample source of a split: synthetic scenes (a split is its own scene stream) or a folder."""
     data = config.data

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data.tasks import TARGET, TaskDataset, build_source, class_names, prepare_target
+from ..data.tasks import TARGET, TaskDataset, build_source, class_names, prepare_target, source_modalities
 from ..data.transforms import to_device
 from ..errors import InputError
 from ..factory import resolve_modalities
@@ -84,7 +84,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
             DataConfig(val_scenes=synthetic_scenes)
         config = FinetuneConfig(task=task.name, data=source_config, seed=seed,
                                 image_size=tuple(model.config.image_size))
-        source = build_source(config, modalities, split, train=False)
+        source = build_source(config, source_modalities(modalities, task, inputs), split, train=False)
         classes = model.task_info.get("classes")
         if task.kind == "classification":
             found = class_names(source)

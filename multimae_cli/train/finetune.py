@@ -16,7 +16,16 @@ import torch
 
 from ..config import FinetuneConfig
 from ..data.datasets import make_loader
-from ..data.tasks import TARGET, TaskDataset, build_source, class_names, declared_classes, depth_scale, prepare_target
+from ..data.tasks import (
+    TARGET,
+    TaskDataset,
+    build_source,
+    class_names,
+    declared_classes,
+    depth_scale,
+    prepare_target,
+    source_modalities,
+)
 from ..data.transforms import normalize_sample, to_device
 from ..errors import ConfigError, InputError
 from ..factory import create_model, resolve_modalities
@@ -168,7 +177,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     modalities = resolve_modalities(model_config, names=[*inputs, *([task.target] if task.target else [])])
     scale, zero = model.task_info["depth_scale"], model.task_info["reduce_zero_label"]
     size = tuple(model_config.image_size)
-    train_source = build_source(config, modalities, config.data.split, train=True)
+    readable = source_modalities(modalities, task, inputs)
+    train_source = build_source(config, readable, config.data.split, train=True)
     dataset = TaskDataset(train_source, inputs, task, modalities, size, train=True,
                           crop_scale=config.data.crop_scale, hflip=config.data.hflip, classes=classes, seed=config.seed,
                           num_classes=num_outputs, reduce_zero_label=zero)
@@ -180,7 +190,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         if info.is_main and not quiet:
             print(f"note: {val_folder} does not exist: training without evaluation", file=sys.stderr)
     elif config.val_split:
-        val_source = build_source(config, modalities, config.val_split, train=False)
+        val_source = build_source(config, readable, config.val_split, train=False)
         val_set = TaskDataset(val_source, inputs, task, modalities, size, train=False, classes=classes,
                               seed=config.seed, num_classes=num_outputs, reduce_zero_label=zero)
     model.backbone.set_grad_checkpointing(config.activation_checkpointing)
