@@ -83,6 +83,66 @@ def test_onnx_matches_torch(tmp_path, tiny_pth):
     torch.testing.assert_close(torch.from_numpy(semseg), expected["semseg"], atol=1e-4, rtol=0)
 
 
+def test_onnx_of_fine_tuned_checkpoints(tmp_path):
+    """The deployment path of a fine-tuned model: its inputs to its head's output, as in torch."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from multimae_cli.formats import load_task_model
+    from multimae_cli.registry import get_registry
+    from multimae_cli.task import build_task_model
+
+    config = ModelConfig(inputs=("rgb", "depth"), outputs=(), image_size=(32, 48), patch_size=8, dim=32, depth=4,
+                         num_heads=2, num_encoded_tokens=4)
+    for task, head, outputs, options, shape in (
+            ("depth", "dpt", 1, {"feature_dim": 16, "layer_dims": [8, 16, 16, 32]}, (2, 1, 32, 48)),
+            ("classification", "linear", 3, {}, (2, 3))):
+        torch.manual_seed(0)
+        model = build_task_model(create_model(config), get_registry().task(task), head, outputs, options)
+        model.task_info = {"task": task, "head": head, "head_options": options, "num_outputs": outputs,
+                           "classes": None, "depth_scale": 1.0, "reduce_zero_label": False}
+        save_model(model, tmp_path / f"{task}.safetensors")
+        out = tmp_path / f"{task}.onnx"
+        summary = export_model(tmp_path / f"{task}.safetensors", "onnx", out, batch_size=2)
+        assert summary["inputs"] == ["rgb", "depth"] and summary["outputs"] == [task]
+        images = {"rgb": torch.randn(2, 3, 32, 48), "depth": torch.randn(2, 1, 32, 48)}
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (found,) = session.run([f"{task}_pred"], {name: value.numpy() for name, value in images.items()})
+        with torch.no_grad():
+            expected = load_task_model(tmp_path / f"{task}.safetensors").eval()(images)
+        assert tuple(expected.shape) == shape
+        torch.testing.assert_close(torch.from_numpy(found), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="takes the inputs it was trained on"):
+        export_model(tmp_path / "depth.safetensors", "onnx", tmp_path / "x.onnx", inputs=["rgb"])
+
+
+def test_native_and_official_exports_of_a_fine_tuned_checkpoint(tmp_path, tiny_pth):
+    """native keeps the head (it used to be dropped silently); official and timm write the encoder and say so
+    (official used to fail: the decoder settings of an encoder without decoders cannot be read back)."""
+    from multimae_cli.cli.info import checkpoint_info
+    from multimae_cli.formats import load_task_model
+    from multimae_cli.registry import get_registry
+    from multimae_cli.task import build_task_model
+
+    options = {"feature_dim": 16, "layer_dims": [8, 16, 16, 32]}
+    model = build_task_model(load_model(tiny_pth, outputs=()), get_registry().task("depth"), "dpt", 1, options)
+    model.task_info = {"task": "depth", "head": "dpt", "head_options": options, "num_outputs": 1, "classes": None,
+                       "depth_scale": 1.0, "reduce_zero_label": False}
+    save_model(model, tmp_path / "tuned.safetensors")
+    summary = export_model(tmp_path / "tuned.safetensors", "native", tmp_path / "copy.safetensors")
+    assert summary["task"] == "depth"
+    copy = load_task_model(tmp_path / "copy.safetensors")
+    assert copy.task_info == model.task_info
+    assert all(torch.equal(copy.state_dict()[key], value) for key, value in model.state_dict().items())
+    info = checkpoint_info(tmp_path / "copy.safetensors")
+    assert info["task"]["head"] == "dpt" and info["head_elements"] == sum(
+        p.numel() for p in model.head.parameters())
+    official = export_model(tmp_path / "tuned.safetensors", "official", tmp_path / "encoder.pth")
+    assert "encoder only" in official["note"]
+    encoder = load_model(tmp_path / "encoder.pth")
+    assert encoder.config.outputs == () and torch.equal(
+        encoder.state_dict()["encoder.0.attn.qkv.weight"], model.backbone.state_dict()["encoder.0.attn.qkv.weight"])
+
+
 def test_failed_export_keeps_the_old_file_and_leaves_no_temporary(tmp_path, tiny_pth):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "model.onnx"

@@ -53,7 +53,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(summary))
         else:
-            typer.echo(f"wrote {out} ({format}, verified)")
+            what = f", fine-tuned {summary['task']} model" if "task" in summary else ""
+            note = f"; {summary['note']}" if "note" in summary else ""
+            typer.echo(f"wrote {out} ({format}{what}, verified){note}")
             if "load_with" in summary:
                 typer.echo(f"load it with: {summary['load_with']}")
 

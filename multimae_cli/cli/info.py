@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
 
 
 def checkpoint_info(path: Path) -> dict:
-    """The config a checkpoint rebuilds to, and its tensor and parameter counts."""
-    from ..formats import read_checkpoint
+    """The config a checkpoint rebuilds to, its tensor and parameter counts (encoder and decoders; a fine-tuned
+    file's head apart), and a fine-tuned file's task record."""
+    from ..formats import checkpoint_file, read_checkpoint, read_task_info
 
     state_dict, config = read_checkpoint(path)
-    return {
+    info = {
         "path": str(path),
         "config": config.model_dump(mode="json"),
         "tensors": len(state_dict),
         "elements": int(sum(t.numel() for t in state_dict.values())),
+        "task": read_task_info(path),
     }
+    if info["task"] is not None:
+        from safetensors import safe_open
+
+        with safe_open(str(checkpoint_file(path)), framework="pt") as handle:
+            names = handle.keys()  # a safetensors handle, not a dict
+            head = [handle.get_slice(key).get_shape() for key in names if key.startswith("head.")]
+        info["head_tensors"] = len(head)
+        info["head_elements"] = sum(math.prod(shape) for shape in head)
+    return info
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +48,12 @@ def register(app: typer.Typer) -> None:
         config = info["config"]
         typer.echo(f"{info['path']}: {info['tensors']} tensors, {info['elements']:,} elements")
         typer.echo(f"  inputs:  {', '.join(config['inputs'])}")
-        typer.echo(f"  outputs: {', '.join(config['outputs']) or '(none: encoder only)'}")
+        task = info["task"]
+        if task is not None:
+            typer.echo(f"  task:    {task['task']}, {task['head']} head, {task['num_outputs']} output(s) "
+                       f"({info['head_tensors']} tensors, {info['head_elements']:,} elements)")
+        else:
+            typer.echo(f"  outputs: {', '.join(config['outputs']) or '(none: encoder only)'}")
         for key in ("image_size", "patch_size", "dim", "depth", "num_heads", "decoder_dim", "decoder_depth",
                     "decoder_num_heads", "channels"):
             typer.echo(f"  {key}: {config[key]}")

@@ -18,7 +18,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, InputError
 from ..io import publish
-from . import load_model, read_checkpoint
+from . import load_model, load_task_model, read_checkpoint, read_task_info, save_model
 from .native import write_native
 from .official import official_to_timm
 
@@ -86,10 +86,14 @@ def export_model(checkpoint: str | Path, format: str, out: str | Path, *, inputs
 
         return export_onnx(checkpoint, out, inputs=inputs, outputs=outputs, image_size=image_size,
                            batch_size=batch_size, tolerance=tolerance)
+    summary: dict[str, Any] = {"format": format, "out": str(out), "source": str(checkpoint)}
+    if format == "native" and read_task_info(checkpoint) is not None:  # a fine-tuned model, head included
+        return {**summary, **_export_task_model(checkpoint, out)}
+    if read_task_info(checkpoint) is not None:
+        summary["note"] = "the encoder only: a task head has no official or timm form"
     model = load_model(checkpoint).eval()
     config: ModelConfig = model.config
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    summary: dict[str, Any] = {"format": format, "out": str(out), "source": str(checkpoint)}
     if format == "native":
         def check_native(tmp: Path) -> None:
             found, found_config = read_checkpoint(tmp)
@@ -102,17 +106,35 @@ def export_model(checkpoint: str | Path, format: str, out: str | Path, *, inputs
         args = {"num_heads": config.num_heads, "decoder_num_heads": config.decoder_num_heads,
                 "num_encoded_tokens": config.num_encoded_tokens}
 
+        untold = {"alphas", "sample_tasks_uniformly", "drop_path_rate"}  # training settings, not architecture
+        if not config.outputs:  # no decoders: nothing in the file says how they would be built
+            untold |= {"decoder_dim", "decoder_depth", "decoder_num_heads", "decoder_mlp_ratio", "use_task_queries"}
+
         def check_official(tmp: Path) -> None:
             found, found_config = read_checkpoint(tmp)
             _same_tensors(state, found, str(out))
-            if found_config.model_dump(exclude={"alphas", "sample_tasks_uniformly", "drop_path_rate"}) != \
-                    config.model_dump(exclude={"alphas", "sample_tasks_uniformly", "drop_path_rate"}):
+            if found_config.model_dump(exclude=untold) != config.model_dump(exclude=untold):
                 raise CheckpointError(f"{out}: the architecture read back differs from the model's")
 
         _atomic(out, lambda tmp: torch.save({"model": state, "args": args}, tmp), check_official)
     else:
         summary.update(_export_timm(model, state, out))
     return summary
+
+
+def _export_task_model(checkpoint: str | Path, out: Path) -> dict[str, Any]:
+    """A fine-tuned checkpoint as a native file, encoder and head, re-read and compared before it is kept."""
+    model = load_task_model(checkpoint).eval()
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+
+    def check(tmp: Path) -> None:
+        again = load_task_model(tmp)
+        _same_tensors(state, again.state_dict(), str(out))
+        if again.task_info != model.task_info or again.config != model.config:
+            raise CheckpointError(f"{out}: the fine-tuning record read back differs from the model's")
+
+    _atomic(out, lambda tmp: save_model(model, tmp), check)
+    return {"task": model.task_info["task"]}
 
 
 def _export_timm(model, state: dict[str, torch.Tensor], out: Path) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""ONNX export of the encoder and chosen decoders, checked in onnxruntime before it is kept.
+"""ONNX export of the encoder and chosen decoders (or a fine-tuned model's head), checked in onnxruntime
+before it is kept.
 
 The exported graph takes the model's inputs fully visible (no masking: the official demo's cross-modal
 prediction), named as the modalities (`rgb`, ...), and returns the chosen outputs in model space, named
-`<modality>_pred` (a modality may be both an input and an output). Sizes are fixed at export (`image_size`,
+`<modality>_pred` (a modality may be both an input and an output). A fine-tuned checkpoint gives its head's
+output, named `<task>_pred` (class logits, or a map at the input size). Sizes are fixed at export (`image_size`,
 `batch_size`): the token grid is computed from the input shape in Python, which `torch.export`
 specialises.
 """
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, MultiMAEError
-from . import load_model
+from . import load_model, load_task_model, read_task_info
 
 EXTRA_HINT = "pip install 'multimae[onnx]'"
 
@@ -35,6 +37,18 @@ class CrossModalPredictor(nn.Module):
         encoded = self.model.encode(dict(zip(self.inputs, tensors, strict=True)), mask_inputs=False)
         predictions = self.model.decode(encoded, self.outputs)
         return tuple(predictions[name] for name in self.outputs)
+
+
+class TaskPredictor(nn.Module):
+    """A fine-tuned model: inputs (positional, in the given order) -> (its head's output,)."""
+
+    def __init__(self, model: nn.Module, inputs: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs = list(inputs)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model(dict(zip(self.inputs, tensors, strict=True))),)
 
 
 def example_inputs(model: nn.Module, inputs: Sequence[str], image_size: tuple[int, int],
@@ -66,24 +80,15 @@ def export_onnx(checkpoint: str | Path, out: Path, inputs: Sequence[str] | None 
         raise MultiMAEError(f"--format onnx needs the optional ONNX extra: {EXTRA_HINT}") from None
     from .export import _atomic
 
-    model = load_model(checkpoint).eval()
+    task_info = read_task_info(checkpoint)
+    if task_info is not None:
+        model, names, outputs, wrapper = _task_graph(checkpoint, task_info, inputs, outputs)
+    else:
+        model, names, outputs, wrapper = _cross_modal_graph(checkpoint, inputs, outputs)
     config = model.config
-    names = list(inputs or config.inputs)
-    absent = [name for name in names if name not in config.inputs]
-    if absent:
-        raise ConfigError(f"--inputs {', '.join(absent)}: not an input of this checkpoint "
-                          f"(inputs: {', '.join(config.inputs)})")
-    outputs = list(outputs or config.outputs)
-    unknown = [name for name in outputs if name not in config.outputs]
-    if unknown:
-        raise ConfigError(f"--outputs {', '.join(unknown)}: not an output of this checkpoint "
-                          f"(outputs: {', '.join(config.outputs) or 'none'})")
-    if not outputs:
-        raise ConfigError("--format onnx: the checkpoint has no outputs to export (an encoder only)")
     size = tuple(image_size or config.image_size)
     if any(side % config.patch_size for side in size):
         raise ConfigError(f"--image-size {size[0]}x{size[1]}: must be a multiple of the patch size {config.patch_size}")
-    wrapper = CrossModalPredictor(model, names, outputs).eval()
     tensors = example_inputs(model, names, size, batch_size)
 
     def write(tmp: Path) -> None:
@@ -120,3 +125,36 @@ def export_onnx(checkpoint: str | Path, out: Path, inputs: Sequence[str] | None 
     _atomic(out, write, check)
     return {"format": "onnx", "out": str(out), "source": str(checkpoint), "inputs": names,
             "outputs": outputs, "image_size": list(size), "batch_size": batch_size, "max_abs_error": error}
+
+
+def _cross_modal_graph(checkpoint, inputs: Sequence[str] | None, outputs: Sequence[str] | None):
+    """A pretraining checkpoint: the chosen inputs and decoders (default: all)."""
+    model = load_model(checkpoint).eval()
+    config = model.config
+    names = list(inputs or config.inputs)
+    absent = [name for name in names if name not in config.inputs]
+    if absent:
+        raise ConfigError(f"--inputs {', '.join(absent)}: not an input of this checkpoint "
+                          f"(inputs: {', '.join(config.inputs)})")
+    outputs = list(outputs or config.outputs)
+    unknown = [name for name in outputs if name not in config.outputs]
+    if unknown:
+        raise ConfigError(f"--outputs {', '.join(unknown)}: not an output of this checkpoint "
+                          f"(outputs: {', '.join(config.outputs) or 'none'})")
+    if not outputs:
+        raise ConfigError("--format onnx: the checkpoint has no outputs to export (an encoder only)")
+    return model, names, outputs, CrossModalPredictor(model, names, outputs).eval()
+
+
+def _task_graph(checkpoint, task_info: dict[str, Any], inputs: Sequence[str] | None,
+                outputs: Sequence[str] | None):
+    """A fine-tuned checkpoint: all its inputs (its head reads them) to its head's output."""
+    model = load_task_model(checkpoint).eval()
+    names = list(model.config.inputs)
+    task = task_info["task"]
+    if inputs and list(inputs) != names:
+        raise ConfigError(f"--inputs: a fine-tuned checkpoint takes the inputs it was trained on "
+                          f"({', '.join(names)})")
+    if outputs and list(outputs) != [task]:
+        raise ConfigError(f"--outputs: a fine-tuned {task} checkpoint has one output, {task}")
+    return model, names, [task], TaskPredictor(model, names).eval()
