@@ -63,6 +63,9 @@ def load_multimae(request: TeacherRequest) -> Labeler:
     if "rgb" not in predictor.config.inputs:
         raise ConfigError(f"{weights}: this checkpoint does not take rgb "
                           f"(inputs: {', '.join(predictor.config.inputs)})")
+    if predictor.task is not None and list(predictor.config.inputs) != ["rgb"]:  # its head reads every input
+        raise ConfigError(f"{weights}: this fine-tuned checkpoint reads {', '.join(predictor.config.inputs)}; "
+                          "a teacher gets rgb only (fine-tune one with --inputs rgb)")
     if name not in predictor.tasks:
         raise ConfigError(f"{weights}: this checkpoint cannot predict {name} (it predicts: "
                           f"{', '.join(predictor.tasks) or 'nothing'})")

@@ -240,9 +240,22 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, rgb_dir):
 
 
 def test_bad_requests_fail_before_anything_is_written(tmp_path, rgb_dir, hf_dirs):
+    import torch
+
+    from multimae_cli import ModelConfig, create_model, save_model
+    from multimae_cli.registry import get_registry
+    from multimae_cli.task import build_task_model
+
     out = tmp_path / "dataset"
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{")
+    config = ModelConfig(inputs=("rgb", "depth"), outputs=(), image_size=(32, 32), patch_size=16, dim=32, depth=4,
+                         num_heads=2, num_encoded_tokens=4)
+    torch.manual_seed(0)
+    tuned = build_task_model(create_model(config), get_registry().task("semseg"), "convnext", 5, {"embed_dim": 16})
+    tuned.task_info = {"task": "semseg", "head": "convnext", "head_options": {"embed_dim": 16}, "num_outputs": 5,
+                       "classes": None, "depth_scale": 1.0, "reduce_zero_label": False}
+    save_model(tuned, tmp_path / "rgbd-semseg.safetensors")  # its head reads depth too, which a teacher lacks
     cases = [
         (["depth"], {}, ConfigError, "--modalities depth: no teacher makes depth by default; name one with --teacher"),
         (["normals"], {}, ConfigError, "teacher normals-from-depth needs depth; add depth to --modalities"),
@@ -257,6 +270,8 @@ def test_bad_requests_fail_before_anything_is_written(tmp_path, rgb_dir, hf_dirs
         (["depth"], {"depth": f"hf:{hf_dirs['dpt']},output=metres"}, ConfigError, "output=metres: expected depth or"),
         (["normals"], {"normals": "hf:x"}, ConfigError, "teacher hf makes depth maps or label maps, not 'normals'"),
         (["lidar"], {}, UnknownModalityError, "unknown modality 'lidar'"),
+        (["semseg"], {"semseg": f"multimae:{tmp_path / 'rgbd-semseg.safetensors'}"}, ConfigError,
+         "this fine-tuned checkpoint reads rgb, depth; a teacher gets rgb only"),  # was a failure mid-run
     ]
     for names, specs, error, message in cases:
         with pytest.raises(error) as caught:
