@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,22 +31,23 @@ def write(path: Path, image: np.ndarray) -> None:
     write_image(path, image)
 
 
-_SCALE_OFFSET = {}
-
-
-def _scale_offset(device):
+@cache
+def _scale_offset(device: str):
     """(3, 1, 1) scale and offset on `device`, made once per device (no host-to-device copy per batch)."""
     import torch
 
-    key = str(device)
-    if key not in _SCALE_OFFSET:
-        scale = torch.tensor([1 / (255.0 * s) for s in STD]).view(3, 1, 1)
-        offset = torch.tensor([m / s for m, s in zip(MEAN, STD, strict=True)]).view(3, 1, 1)
-        _SCALE_OFFSET[key] = scale.to(device), offset.to(device)
-    return _SCALE_OFFSET[key]
+    scale = torch.tensor([1 / (255.0 * s) for s in STD], device=device).view(3, 1, 1)
+    offset = torch.tensor([m / s for m, s in zip(MEAN, STD, strict=True)], device=device).view(3, 1, 1)
+    return scale, offset
 
 
-_LUTS = []
+@cache
+def _lookup_tables():
+    """(3, 1, 256) float32: the normalised value of every uint8 level, per channel."""
+    import torch
+
+    scale, offset = _scale_offset("cpu")
+    return torch.arange(256, dtype=torch.float32).view(1, 1, 256).expand(3, 1, 256).mul(scale).sub_(offset).numpy()
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
@@ -57,19 +59,16 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
         import cv2
         import numpy as np
 
-        if not _LUTS:
-            scale, offset = _scale_offset("cpu")
-            table = torch.arange(256, dtype=torch.float32).view(1, 1, 256).expand(3, 1, 256).float()
-            _LUTS.append(table.mul(scale).sub_(offset).numpy())  # (3, 1, 256)
+        tables = _lookup_tables()
         out = torch.empty(image.shape, dtype=torch.float32)
         source = np.ascontiguousarray(image.numpy()).reshape(-1, *image.shape[-2:])
         target = out.numpy().reshape(-1, *image.shape[-2:])
         for plane in range(len(source)):
-            result = cv2.LUT(source[plane], _LUTS[0][plane % 3], dst=target[plane])
+            result = cv2.LUT(source[plane], tables[plane % 3], dst=target[plane])
             if not np.shares_memory(result, target[plane]):  # the binding may hand back a new array
                 target[plane] = result
         return out
-    scale, offset = _scale_offset(image.device)
+    scale, offset = _scale_offset(str(image.device))
     return image.float().mul(scale).sub_(offset)  # a new tensor: a float input is not changed in place
 
 

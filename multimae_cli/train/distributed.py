@@ -7,6 +7,7 @@ process. gloo on CPU, nccl on GPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -83,3 +84,14 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def batches_from(position: int, loader: Iterable, sampler: EpochSampler, dataset) -> Iterator:
+    """The loader's batches from batch `position` of the run on, epoch after epoch without end: the sampler and
+    dataset learn each epoch (and where in it to start), so a resumed run continues exactly."""
+    epoch, start = divmod(position, sampler.batches_per_epoch)
+    while True:
+        sampler.set_epoch(epoch, start)
+        dataset.set_epoch(epoch)
+        yield from loader
+        epoch, start = epoch + 1, 0

@@ -32,7 +32,7 @@ from ..factory import create_model, resolve_modalities
 from ..registry import get_registry
 from ..task import Task, build_task_model
 from . import checkpoint as ckpt
-from .distributed import DistInfo, EpochSampler, average
+from .distributed import DistInfo, EpochSampler, average, batches_from
 from .evaluate import eval_loader, evaluate
 from .optim import build_optimizer, build_schedule, optimizer_step
 from .pretrain import TrainingStopped, launch, progress_bar, resolve_precision, stops_saved
@@ -240,55 +240,51 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     first_loss = last_loss = None
     evaluation: dict[str, float] = {}
     with bar, stops_saved(save, lambda: step, info, "finetune", run):
-        while step < total_steps:
-            epoch, start_batch = divmod(step, sampler.batches_per_epoch)
-            sampler.set_epoch(epoch, start_batch)
-            dataset.set_epoch(epoch)
-            for batch in loader:
-                inputs_batch = to_device({k: v for k, v in batch.items() if k != TARGET},
-                                         dataset.input_modalities, device, non_blocking=True)
-                target = prepare_target(task, batch[TARGET], scale, zero).to(device, non_blocking=True)
-                if mixup is not None:
-                    (name,) = inputs_batch
-                    inputs_batch[name], target = mixup(inputs_batch[name], target)
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    pred = trained(inputs_batch)
-                loss = criterion(pred.float(), target)
-                scaler.scale(loss).backward()
-                optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
-                step += 1
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise TrainingStopped(f"non-finite loss at step {step}; the last good checkpoint is kept "
-                                          f"in {run}")
-                losses.append(value)
-                if step % config.log_every == 0 or step == total_steps:
-                    record = average({"loss": sum(losses) / len(losses)}, info, device)
-                    first_loss = first_loss if first_loss is not None else record["loss"]
-                    last_loss = record["loss"]
-                    if info.is_main:
-                        ckpt.append_metrics(run, {"step": step, **record, "lr": optimizer.param_groups[0]["lr"]})
-                    losses = []
-                    bar.update(handle, stats=f"loss {record['loss']:.4f}")
-                bar.update(handle, completed=step)
-                due = step == total_steps or step % config.eval_every == 0
-                if val_set is not None and due:
-                    evaluation = evaluate(model, task, eval_loader(val_set, config.batch_size, info, 0),
-                                          val_set.input_modalities, num_outputs, device, dtype, scale, zero)
-                    score = evaluation[metric_kind.main]
-                    if info.is_main:
-                        ckpt.append_metrics(run, {"step": step, **{f"val/{k}": v for k, v in evaluation.items()}})
-                    if info.is_main and task.target is not None:
-                        write_preview(model, val_set, task, modalities, scale, zero,
-                                      run / "previews" / f"step-{step:06d}.png", device)
-                    better = best is None or (score > best if metric_kind.higher_is_better else score < best)
-                    if better:
-                        best = score
-                        save(ckpt.BEST)
-                if step % config.checkpoint_every == 0 or step == total_steps:
-                    save()
-                if step == total_steps:
-                    break
+        for batch in batches_from(step, loader, sampler, dataset) if step < total_steps else ():
+            inputs_batch = to_device({k: v for k, v in batch.items() if k != TARGET},
+                                     dataset.input_modalities, device, non_blocking=True)
+            target = prepare_target(task, batch[TARGET], scale, zero).to(device, non_blocking=True)
+            if mixup is not None:
+                (name,) = inputs_batch
+                inputs_batch[name], target = mixup(inputs_batch[name], target)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                pred = trained(inputs_batch)
+            loss = criterion(pred.float(), target)
+            scaler.scale(loss).backward()
+            optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
+            step += 1
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingStopped(f"non-finite loss at step {step}; the last good checkpoint is kept "
+                                      f"in {run}")
+            losses.append(value)
+            if step % config.log_every == 0 or step == total_steps:
+                record = average({"loss": sum(losses) / len(losses)}, info, device)
+                first_loss = first_loss if first_loss is not None else record["loss"]
+                last_loss = record["loss"]
+                if info.is_main:
+                    ckpt.append_metrics(run, {"step": step, **record, "lr": optimizer.param_groups[0]["lr"]})
+                losses = []
+                bar.update(handle, stats=f"loss {record['loss']:.4f}")
+            bar.update(handle, completed=step)
+            due = step == total_steps or step % config.eval_every == 0
+            if val_set is not None and due:
+                evaluation = evaluate(model, task, eval_loader(val_set, config.batch_size, info, 0),
+                                      val_set.input_modalities, num_outputs, device, dtype, scale, zero)
+                score = evaluation[metric_kind.main]
+                if info.is_main:
+                    ckpt.append_metrics(run, {"step": step, **{f"val/{k}": v for k, v in evaluation.items()}})
+                if info.is_main and task.target is not None:
+                    write_preview(model, val_set, task, modalities, scale, zero,
+                                  run / "previews" / f"step-{step:06d}.png", device)
+                better = best is None or (score > best if metric_kind.higher_is_better else score < best)
+                if better:
+                    best = score
+                    save(ckpt.BEST)
+            if step % config.checkpoint_every == 0 or step == total_steps:
+                save()
+            if step == total_steps:
+                break
     return {"run": str(run), "task": task.name, "steps": step, "first_loss": first_loss, "final_loss": last_loss,
             "metrics": evaluation, "main_metric": metric_kind.main, "best": best,
             "checkpoint": str(run / (ckpt.BEST if (run / ckpt.BEST).is_dir() else ckpt.LAST) / "model.safetensors")}

@@ -25,7 +25,7 @@ from ..errors import ConfigError, MultiMAEError, one_line
 from ..factory import create_model, create_objective, resolve_modalities
 from ..model.masking import random_masks
 from . import checkpoint as ckpt
-from .distributed import DistInfo, EpochSampler, average, setup, teardown
+from .distributed import DistInfo, EpochSampler, average, batches_from, setup, teardown
 from .optim import build_optimizer, build_schedule, optimizer_step
 
 
@@ -221,56 +221,52 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     first_loss = last_record = None
     micro = step * accum
     with bar, stops_saved(save, lambda: step, info, "pretrain", run):
-        while step < total_steps:
-            epoch, start_batch = divmod(micro, sampler.batches_per_epoch)
-            sampler.set_epoch(epoch, start_batch)
-            dataset.set_epoch(epoch)
-            for batch in loader:
-                batch = to_device(batch, modalities, device, non_blocking=True)
-                masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
-                inputs = {name: batch[name] for name in model_config.inputs}
-                last_micro = (micro + 1) % accum == 0
-                accumulating = info.world > 1 and not last_micro  # DDP: all-reduce once per update
-                with trained.no_sync() if accumulating else contextlib.nullcontext():
-                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        preds, masks = trained(inputs, task_masks=masks, check=False)
-                    loss, parts = objective(preds, batch, masks)
-                    scaler.scale(loss / accum).backward()
-                micro += 1
-                numbers = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).tolist()
-                values = dict(zip(["loss", *(f"loss/{k}" for k in parts)], numbers, strict=True))
-                if not math.isfinite(values["loss"]):
-                    detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in parts_of(values))
-                    raise TrainingStopped(f"non-finite loss at step {step + 1}: {detail}; the last good "
-                                          f"checkpoint is kept in {run}")
-                for key, value in values.items():
-                    window.setdefault(key, []).append(value)
-                window_images += config.batch_size * info.world
-                if not last_micro:
-                    continue
-                optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
-                step += 1
-                if step % config.log_every == 0 or step == total_steps:
-                    record = average({k: sum(v) / len(v) for k, v in window.items()}, info, device)
-                    elapsed = time.perf_counter() - window_start
-                    record = {"step": step, **record, "lr": optimizer.param_groups[0]["lr"],
-                              "img_per_s": window_images / elapsed}
-                    first_loss = first_loss if first_loss is not None else record["loss"]
-                    last_record = record
-                    if info.is_main:
-                        ckpt.append_metrics(run, record)
-                    bar.update(task, completed=step, stats=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                                                          f"{record['img_per_s']:.1f} img/s")
-                    window, window_start, window_images = {}, time.perf_counter(), 0
-                else:
-                    bar.update(task, completed=step)
-                due = step == total_steps or (config.preview_every and step % config.preview_every == 0)
-                if info.is_main and config.preview_every and due:
-                    preview(model, dataset, config, modalities, run / "previews" / f"step-{step:06d}.png", device)
-                if step % config.checkpoint_every == 0 or step == total_steps:
-                    save()
-                if step == total_steps:
-                    break
+        for batch in batches_from(micro, loader, sampler, dataset) if step < total_steps else ():
+            batch = to_device(batch, modalities, device, non_blocking=True)
+            masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
+            inputs = {name: batch[name] for name in model_config.inputs}
+            last_micro = (micro + 1) % accum == 0
+            accumulating = info.world > 1 and not last_micro  # DDP: all-reduce once per update
+            with trained.no_sync() if accumulating else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    preds, masks = trained(inputs, task_masks=masks, check=False)
+                loss, parts = objective(preds, batch, masks)
+                scaler.scale(loss / accum).backward()
+            micro += 1
+            numbers = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).tolist()
+            values = dict(zip(["loss", *(f"loss/{k}" for k in parts)], numbers, strict=True))
+            if not math.isfinite(values["loss"]):
+                detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in parts_of(values))
+                raise TrainingStopped(f"non-finite loss at step {step + 1}: {detail}; the last good "
+                                      f"checkpoint is kept in {run}")
+            for key, value in values.items():
+                window.setdefault(key, []).append(value)
+            window_images += config.batch_size * info.world
+            if not last_micro:
+                continue
+            optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
+            step += 1
+            if step % config.log_every == 0 or step == total_steps:
+                record = average({k: sum(v) / len(v) for k, v in window.items()}, info, device)
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, **record, "lr": optimizer.param_groups[0]["lr"],
+                          "img_per_s": window_images / elapsed}
+                first_loss = first_loss if first_loss is not None else record["loss"]
+                last_record = record
+                if info.is_main:
+                    ckpt.append_metrics(run, record)
+                bar.update(task, completed=step, stats=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                                                      f"{record['img_per_s']:.1f} img/s")
+                window, window_start, window_images = {}, time.perf_counter(), 0
+            else:
+                bar.update(task, completed=step)
+            due = step == total_steps or (config.preview_every and step % config.preview_every == 0)
+            if info.is_main and config.preview_every and due:
+                preview(model, dataset, config, modalities, run / "previews" / f"step-{step:06d}.png", device)
+            if step % config.checkpoint_every == 0 or step == total_steps:
+                save()
+            if step == total_steps:
+                break
     return {"run": str(run), "steps": step, "first_loss": first_loss,
             "final_loss": last_record["loss"] if last_record else None,
             "img_per_s": last_record["img_per_s"] if last_record else None,
