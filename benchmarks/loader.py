@@ -5,7 +5,8 @@ Ours normalises each batch in the main process after it arrives (as training doe
 that time is counted, and both read every memory page of each batch they receive, as a training step would.
 The two loaders are timed in alternating rounds (ours, reference, reference, ours, ...) and each reports its
 median rate, so a load change on a shared machine hits both alike. Prints one JSON line.
-    python benchmarks/loader.py [--n 256] [--size 224] [--workers 2] [--batch 32] [--rounds 5]
+    python benchmarks/loader.py [--n 256] [--size 224] [--workers 2] [--batch 32] [--rounds 5] [--device cpu]
+`--device cuda` moves each batch of ours to the GPU and normalises it there, as training on a GPU does.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def throughput(loader: DataLoader, prepare, epochs: int = 2) -> float:
     for _ in range(epochs):
         for batch in loader:
             count += touch(prepare(batch))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return count / (time.perf_counter() - start)
 
 
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="Where ours normalises each batch (training's device).")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -98,11 +102,13 @@ def main() -> None:
         root = Path(tmp)
         write_synthetic(root, args.n, (256, 256), all_modalities, workers=args.workers)
         ours = FolderDataset(root, modalities, transform=MultiModalTransform(modalities, args.size))
-        loaders = {"ours": make_loader(ours, args.batch, workers=args.workers)}
+        loaders = {"ours": make_loader(ours, args.batch, workers=args.workers,
+                                            pin_memory=args.device.startswith("cuda"))}
         reference = PilTorchvisionDataset(root / "train", args.size)
         loaders["reference"] = DataLoader(reference, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                                           collate_fn=collate, drop_last=True, persistent_workers=True)
-        prepare = {"ours": lambda batch: to_device(batch, modalities, "cpu"), "reference": lambda batch: batch}
+        prepare = {"ours": lambda batch: to_device(batch, modalities, args.device, non_blocking=True),
+                   "reference": lambda batch: batch}
         for name, loader in loaders.items():  # warm-up epoch: worker start, file cache
             throughput(loader, prepare[name], 1)
         rates: dict[str, list[float]] = {name: [] for name in loaders}
@@ -111,7 +117,8 @@ def main() -> None:
                 rates[name].append(throughput(loaders[name], prepare[name]))
         ours_rate, reference_rate = (statistics.median(rates[name]) for name in ("ours", "reference"))
     print(json.dumps({
-        "benchmark": "loader", "samples": args.n, "size": args.size, "workers": args.workers,
+        "benchmark": "loader", "samples": args.n, "size": args.size, "workers": args.workers, "batch": args.batch,
+        "device": args.device,
         "ours_samples_per_s": round(ours_rate, 1), "pil_torchvision_samples_per_s": round(reference_rate, 1),
         "speedup": round(ours_rate / reference_rate, 2), "rounds": args.rounds,
         "round_speedups": [round(a / b, 2) for a, b in zip(rates["ours"], rates["reference"], strict=True)],

@@ -1,11 +1,15 @@
 """Pretraining throughput: one full training step (masked forward, losses, backward, AdamW) of the official
 configuration (rgb + depth + semseg in; rgb, depth, semseg, norm_rgb out; a sixth of the tokens visible) on
-synthetic inputs already on the device. Median of the timed steps after warm-up. Prints one JSON line with
-img/s, ms/step, peak memory (GPU: allocated by torch; CPU: the process's peak resident size), FLOPs per image
-(counted by torch's FlopCounterMode on the real forward) and MFU.
+synthetic inputs already on the device, run as the training loop runs it (masks drawn per micro-batch on the
+device, `PretrainStep`, loss values read once per step). Median of the timed steps after warm-up. Prints one
+JSON line with img/s, ms/step, peak memory (GPU: allocated by torch; CPU: the process's peak resident size),
+FLOPs per image (counted by torch's FlopCounterMode on the real forward) and MFU.
     python benchmarks/pretrain_throughput.py [--preset base] [--batch N] [--device cpu|cuda]
-        [--precision auto|bf16|fp16|fp32] [--compile] [--activation-checkpointing] [--steps N] [--floor]
-        [--peak-tflops 782]
+        [--precision auto|bf16|fp16|fp32] [--compile] [--compile-mode reduce-overhead]
+        [--activation-checkpointing] [--steps N] [--floor] [--peak-tflops 782]
+        [--ablate conv-patch-embed] [--ablate model-only-compile]
+Ablations put back what the fast path replaced, for the per-optimisation table: `conv-patch-embed` the
+official strided convolutions, `model-only-compile` compiles the model alone with the losses eager.
 """
 
 from __future__ import annotations
@@ -21,8 +25,35 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from multimae_cli import ModelConfig, create_model, create_objective
 from multimae_cli.config import OptimConfig
+from multimae_cli.model import adapters
+from multimae_cli.model.losses import PretrainStep
+from multimae_cli.train.distributed import DistInfo
 from multimae_cli.train.optim import build_optimizer
-from multimae_cli.train.pretrain import resolve_precision
+from multimae_cli.train.pretrain import micro_batch_masks, resolve_precision
+
+ABLATIONS = ("conv-patch-embed", "model-only-compile")
+
+
+def conv_patch_embed() -> None:
+    """Input adapters back on the official strided convolutions (same weights, same values)."""
+
+    def patch(self, data):
+        features = self.proj(data)
+        grid = tuple(features.shape[-2:])
+        return features.flatten(2).transpose(1, 2) + adapters.grid_tokens(self.pos_emb, grid, self.pos_interpolation)
+
+    def class_patch(self, labels):
+        return patch(self, self.class_emb(labels.long()).permute(0, 3, 1, 2))
+
+    adapters.PatchInputAdapter.forward = patch
+    adapters.ClassEmbeddingInputAdapter.forward = class_patch
+
+
+class ModelOnlyCompiled(PretrainStep):
+    """The step with only the model compiled and the losses eager (the previous release)."""
+
+    def __init__(self, model, objective, dtype) -> None:
+        super().__init__(torch.compile(model), objective, dtype)
 
 
 def inputs_for(config: ModelConfig, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -38,35 +69,43 @@ def forward_flops(config: ModelConfig) -> float:
     return counter.get_total_flops()
 
 
-def time_steps(config: ModelConfig, batch: int, device: torch.device, dtype, compile_model: bool, steps: int,
-               warmup: int, with_optimizer: bool = True, recompute: bool = False) -> list[float]:
-    """Seconds per step, warm-up excluded: masked forward, losses, backward and (optionally) AdamW."""
+def time_steps(config: ModelConfig, batch: int, device: torch.device, dtype, compile_mode: str | None,
+               steps: int, warmup: int, recompute: bool = False, ablate: tuple[str, ...] = ()
+               ) -> tuple[list[float], list[float]]:
+    """Seconds per training step, warm-up excluded (masks, masked forward, losses, backward, AdamW), and the
+    loss of every step, warm-up included."""
     torch.manual_seed(0)
+    torch._dynamo.reset()  # each run compiles its own static-shape graphs
     model = create_model(config).to(device).train()
     model.set_grad_checkpointing(recompute)
     objective = create_objective(config).to(device)
     optimizer = build_optimizer(model, OptimConfig(), 1e-4, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    step_model = torch.compile(model) if compile_model else model
+    if compile_mode and "model-only-compile" in ablate:
+        step = ModelOnlyCompiled(model, objective, dtype)
+    else:
+        step = PretrainStep(model, objective, dtype)
+        step = torch.compile(step, mode=None if compile_mode == "default" else compile_mode) if compile_mode else step
     data = inputs_for(config, batch, device)
-    times = []
+    inputs = {name: data[name] for name in config.inputs}
+    targets = {name: data[name] for name in objective.sources.values()}
+    times, losses = [], []
     for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            preds, masks = step_model(data)
-        loss, _ = objective(preds, data, masks)
+        masks = micro_batch_masks(config, i, DistInfo(), batch, device, seed=0)
+        loss, parts = step(inputs, targets, masks)
         scaler.scale(loss).backward()
-        if with_optimizer:
-            scaler.step(optimizer)
-            scaler.update()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).tolist()[0])
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return times
+    return times, losses
 
 
 def main() -> None:
@@ -75,10 +114,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int)
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step, as `compile: true`.")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead.")
+    parser.add_argument("--ablate", action="append", default=[], choices=ABLATIONS,
+                        help="Put back a replaced implementation.")
     parser.add_argument("--activation-checkpointing", action="store_true", help="Recompute encoder activations.")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--floor", action="store_true", help="Also time batch 16 (CPU: 1): the host-overhead floor.")
+    parser.add_argument("--compare-fp32", action="store_true",
+                        help="Also run the same steps eager in fp32 and report the largest relative loss difference.")
     parser.add_argument("--peak-tflops", type=float, help="The device's measured bf16 matmul peak, for MFU.")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -90,17 +134,23 @@ def main() -> None:
 
     config = complete_config(config)
     dtype = resolve_precision(args.precision, device)
+    compile_mode = args.compile_mode if args.compile else None
+    ablate = tuple(args.ablate)
+    if "conv-patch-embed" in ablate:
+        conv_patch_embed()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_steps(config, batch, device, dtype, args.compile, steps, warmup=5 if on_gpu else 1,
-                       recompute=args.activation_checkpointing)
+    warmup = 5 if on_gpu else 1
+    times, losses = time_steps(config, batch, device, dtype, compile_mode, steps, warmup,
+                               recompute=args.activation_checkpointing, ablate=ablate)
     median = statistics.median(times)
     flops = forward_flops(config)
     achieved = 3 * flops * batch / median  # forward + backward (2x forward)
     result = {
         "benchmark": "pretrain_throughput", "preset": args.preset, "device": torch.cuda.get_device_name(device)
         if on_gpu else "cpu", "threads": torch.get_num_threads(), "batch": batch,
-        "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype], "compile": args.compile,
+        "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+        "compile": compile_mode or False, "ablate": list(ablate),
         "activation_checkpointing": args.activation_checkpointing,
         "steps": steps, "ms_per_step": round(median * 1e3, 1), "img_per_s": round(batch / median, 1),
         "gflop_fwd_per_img": round(flops / 1e9, 2), "tflops": round(achieved / 1e12, 2), "torch": torch.__version__,
@@ -113,9 +163,14 @@ def main() -> None:
         result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     if args.floor:
         small = 16 if on_gpu else 1
-        floor = statistics.median(time_steps(config, small, device, dtype, args.compile, steps, warmup=3,
-                                             recompute=args.activation_checkpointing))
+        floor = statistics.median(time_steps(config, small, device, dtype, compile_mode, steps, warmup=3,
+                                             recompute=args.activation_checkpointing, ablate=ablate)[0])
         result[f"ms_per_step_batch{small}"] = round(floor * 1e3, 1)
+    if args.compare_fp32:
+        reference = time_steps(config, batch, device, None, None, steps, warmup, ablate=ablate)[1]
+        result["loss_first_last"] = [round(losses[0], 4), round(losses[-1], 4)]
+        result["loss_max_rel_diff_vs_fp32_eager"] = round(max(abs(a - b) / abs(b) for a, b in
+                                                              zip(losses, reference, strict=True)), 5)
     print(json.dumps(result))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -164,6 +165,8 @@ class RunConfig(BaseModel):
     epochs: Positive | None = None
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = False
+    # reduce-overhead: CUDA graphs too, for small per-GPU batches where launching kernels costs more than running them
+    compile_mode: Literal["default", "reduce-overhead"] = "default"
     activation_checkpointing: bool = False  # recompute encoder activations in backward: less memory, more compute
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
@@ -171,6 +174,15 @@ class RunConfig(BaseModel):
     name: str | None = None
     log_every: Count = 10
     checkpoint_every: Count = 100
+
+    @model_validator(mode="after")
+    def _check_compile_mode(self) -> RunConfig:
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"compile_mode: {self.compile_mode} needs compile: true")
+        if self.compile_mode == "reduce-overhead" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("compile_mode: reduce-overhead (CUDA graphs) runs in one process only; "
+                             "use compile_mode: default under torchrun")
+        return self
 
 
 class PretrainConfig(RunConfig):

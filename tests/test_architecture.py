@@ -158,3 +158,28 @@ def test_activation_checkpointing_gives_the_same_gradients(all_layers):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for name, grad in grads[0].items():
         assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_patch_projection_as_matrix_product_equals_the_official_convolution():
+    """Input adapters apply the stored Conv2d kernel as one matrix product on flattened patches: the same tokens
+    and the same kernel gradients as the strided convolution, on a non-square image and at a 1/4 stride."""
+    from multimae_cli.model.adapters import ClassEmbeddingInputAdapter, PatchInputAdapter
+    from multimae_cli.model.layers import grid_tokens
+
+    torch.manual_seed(0)
+    image = PatchInputAdapter("rgb", 3, 32, 8, (32, 48))
+    labels = ClassEmbeddingInputAdapter("semseg", 7, 32, 8, (32, 48), stride=4, dim_class_emb=6)
+    cases = [(image, torch.randn(2, 3, 32, 48), lambda a, x: x),
+             (labels, torch.randint(0, 7, (2, 8, 12)), lambda a, x: a.class_emb(x).permute(0, 3, 1, 2))]
+    for adapter, data, features in cases:
+        ours = adapter(data)
+        ours.square().sum().backward()
+        grad = adapter.proj.weight.grad.clone()
+        adapter.zero_grad()
+        conv = adapter.proj(features(adapter, data))
+        official = conv.flatten(2).transpose(1, 2) + grid_tokens(adapter.pos_emb, tuple(conv.shape[-2:]),
+                                                                    adapter.pos_interpolation)
+        official.square().sum().backward()
+        assert ours.shape == (2, 4 * 6, 32)
+        assert_close(ours, official, atol=1e-5, rtol=1e-5)
+        assert_close(grad, adapter.proj.weight.grad, atol=1e-4, rtol=1e-4)

@@ -301,3 +301,17 @@ def test_compiled_step_matches_eager(tmp_path):
     for a, b in zip(metrics(tmp_path / "runs" / "eager"), metrics(tmp_path / "runs" / "compiled"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
     assert_same_training(weights(tmp_path / "runs" / "eager"), weights(tmp_path / "runs" / "compiled"))
+
+
+def test_compile_mode_needs_compile_and_one_process(monkeypatch):
+    """CUDA graphs (`compile_mode: reduce-overhead`) are opt-in on top of `compile: true`, and refused at load
+    under torchrun, where DDP's gradient hooks run between the step's kernels."""
+    config = load_pretrain_config(assignments=["compile=true", "compile_mode=reduce-overhead"])
+    assert config.compile_mode == "reduce-overhead"
+    with pytest.raises(ConfigError, match="compile_mode: reduce-overhead needs compile: true"):
+        load_pretrain_config(assignments=["compile_mode=reduce-overhead"])
+    with pytest.raises(ConfigError, match=r"compile_mode: Input should be 'default' or 'reduce-overhead'"):
+        load_pretrain_config(assignments=["compile=true", "compile_mode=fast"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="runs in one process only"):
+        load_pretrain_config(assignments=["compile=true", "compile_mode=reduce-overhead"])

@@ -107,6 +107,26 @@ class PretrainObjective(nn.Module):
         return total, per_modality
 
 
+class PretrainStep(nn.Module):
+    """A MultiMAE and its objective as one module: the masked forward under autocast (`dtype`, None for
+    fp32), then the fp32 losses. One module lets `torch.compile` fuse the losses into the model's graph (the
+    casts, norm-pix statistics and cross-entropy run as a few fused kernels) and DDP wrap both at once.
+
+    The masks are the caller's and trusted (`check=False`): no host sync, nothing that breaks the graph.
+    """
+
+    def __init__(self, model: nn.Module, objective: PretrainObjective, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.model, self.objective, self.dtype = model, objective, dtype
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                masks: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        device_type = next(iter(inputs.values())).device.type
+        with torch.autocast(device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            preds, masks = self.model(inputs, task_masks=masks, check=False)
+        return self.objective(preds, targets, masks)
+
+
 # ---------------------------------------------------------------- fine-tuning losses
 
 

@@ -35,7 +35,7 @@ from . import checkpoint as ckpt
 from .distributed import DistInfo, EpochSampler, average, batches_from
 from .evaluate import eval_loader, evaluate
 from .optim import build_optimizer, build_schedule, optimizer_step
-from .pretrain import TrainingStopped, launch, progress_bar, resolve_precision, stops_saved
+from .pretrain import TrainingStopped, compiled, launch, progress_bar, resolve_precision, stops_saved
 
 
 def checkpoint_config(config: FinetuneConfig):
@@ -220,8 +220,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     if info.world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile and hasattr(torch, "compile"):
-        trained = torch.compile(trained)
+    trained = compiled(trained, config)
     metric_kind = task.metrics(num_outputs)
 
     def save(folder: str = ckpt.LAST) -> None:

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import PretrainConfig
+from ..config import PretrainConfig, RunConfig
 from ..data.datasets import SyntheticDataset, make_loader
 from ..data.folder import FolderDataset
 from ..data.transforms import MultiModalTransform, to_device
 from ..errors import ConfigError, MultiMAEError, one_line
 from ..factory import create_model, create_objective, resolve_modalities
+from ..model.losses import PretrainStep
 from ..model.masking import random_masks
 from . import checkpoint as ckpt
 from .distributed import DistInfo, EpochSampler, average, batches_from, setup, teardown
@@ -141,6 +142,13 @@ def progress_bar(name: str, total: int, completed: int, disabled: bool):
     return bar, bar.add_task(name, total=total, completed=completed, stats="")
 
 
+def compiled(module: torch.nn.Module, config: RunConfig) -> torch.nn.Module:
+    """`module` under `torch.compile` when the run asks for it (`compile`, `compile_mode`), else itself."""
+    if not config.compile or not hasattr(torch, "compile"):
+        return module
+    return torch.compile(module, mode=None if config.compile_mode == "default" else config.compile_mode)
+
+
 def launch(device_name: str, body):
     """`body(device, info)` inside torch.distributed when launched by torchrun (one GPU per rank)."""
     device = resolve_device(device_name)
@@ -198,12 +206,11 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
             torch.cuda.set_rng_state(state["rng_cuda"], device)
     step = int(state.get("step", 0))
 
-    trained = model
+    trained = PretrainStep(model, objective, dtype)
     if info.world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+        trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda"
                                                             else None)
-    if config.compile and hasattr(torch, "compile"):
-        trained = torch.compile(trained)
+    trained = compiled(trained, config)
 
     def save() -> None:
         if info.is_main:
@@ -225,12 +232,11 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
             batch = to_device(batch, modalities, device, non_blocking=True)
             masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
             inputs = {name: batch[name] for name in model_config.inputs}
+            targets = {name: batch[name] for name in objective.sources.values()}
             last_micro = (micro + 1) % accum == 0
             accumulating = info.world > 1 and not last_micro  # DDP: all-reduce once per update
             with trained.no_sync() if accumulating else contextlib.nullcontext():
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    preds, masks = trained(inputs, task_masks=masks, check=False)
-                loss, parts = objective(preds, batch, masks)
+                loss, parts = trained(inputs, targets, masks)
                 scaler.scale(loss / accum).backward()
             micro += 1
             numbers = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).tolist()

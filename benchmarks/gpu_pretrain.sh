@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/performance.md in one call on a GPU machine: install this checkout, then the
+# pretraining benchmarks, the most important first, each skipped when the time left (deadline, seconds from
+# now, default 540) is under its estimate. One JSON line per benchmark in $OUT/results.jsonl, logs in
+# $OUT/log.txt. Wheels in .whl/ (packages the machine lacks) are installed first. `first` (1-based) starts
+# at that benchmark, to finish a list an earlier call ran out of time for.
+#     bash benchmarks/gpu_pretrain.sh [deadline_s] [peak_tflops] [first]
+set -u
+OUT=${OUT:-/tmp/multimae-gpu}
+mkdir -p "$OUT"
+deadline=$(( $(date +%s) + ${1:-540} ))
+peak=${2:-782}
+first=${3:-1}
+index=0
+py=python3
+if compgen -G ".whl/*.whl" >/dev/null; then $py -m pip install -q --no-index --no-deps .whl/*.whl >>"$OUT/log.txt" 2>&1; fi
+$py -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$OUT/log.txt" 2>&1
+nvidia-smi -L
+$py -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
+
+run() {  # run SECONDS_NEEDED SCRIPT ARGS...
+    local need=$1
+    shift
+    index=$(( index + 1 ))
+    (( index < first )) && return
+    local left=$(( deadline - $(date +%s) ))
+    if (( left < need )); then
+        echo "skipped ($left s left): $*" | tee -a "$OUT/log.txt"
+        return
+    fi
+    echo "== $* ($left s left)" >>"$OUT/log.txt"
+    timeout "$left" $py "$@" 2>>"$OUT/log.txt" | tee -a "$OUT/results.jsonl"
+}
+
+bench=benchmarks/pretrain_throughput.py
+run 150 $bench --compile --floor --compare-fp32 --peak-tflops "$peak"
+run 120 $bench --compile --compile-mode reduce-overhead --floor --peak-tflops "$peak"
+run 40 $bench --floor --peak-tflops "$peak"
+run 100 $bench --compile --ablate model-only-compile --ablate conv-patch-embed --peak-tflops "$peak"
+run 80 $bench --compile --ablate model-only-compile --peak-tflops "$peak"
+run 40 $bench --ablate conv-patch-embed --peak-tflops "$peak"
+run 120 benchmarks/pretrain_loop.py --compile --workers 15 --batch 256 --n 16384 --steps 60
+run 40 benchmarks/loader.py --device cuda --workers 15 --batch 64 --n 4096 --rounds 1
+run 80 $bench --compile --activation-checkpointing --peak-tflops "$peak"
+echo "done"
+tail -5 "$OUT/log.txt"
