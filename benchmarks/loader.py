@@ -4,7 +4,8 @@ semseg at 1/4, ImageNet normalisation, robust depth standardisation), same files
 Ours normalises each batch in the main process after it arrives (as training does, there on the device);
 that time is counted, and both read every memory page of each batch they receive, as a training step would.
 The two loaders are timed in alternating rounds (ours, reference, reference, ours, ...) and each reports its
-median rate, so a load change on a shared machine hits both alike. Prints one JSON line.
+median rate, so a load change on a shared machine hits both alike. `ours_worker_ms_per_sample` is what one of
+our workers spends per sample (read, augment, collate), timed in-process on one thread. Prints one JSON line.
     python benchmarks/loader.py [--n 256] [--size 224] [--workers 2] [--batch 32] [--rounds 5] [--device cpu]
 `--device cuda` moves each batch of ours to the GPU and normalises it there, as training on a GPU does.
 """
@@ -68,6 +69,23 @@ def touch(batch: dict[str, torch.Tensor]) -> int:
     return len(batch["rgb"])
 
 
+def worker_cost(dataset, batch: int, rounds: int = 5) -> float:
+    """Milliseconds per sample of what a worker does (read, augment, collate), in this process on one thread:
+    the per-sample CPU cost, steadier than a loader's rate on a busy machine (median of rounds)."""
+    import cv2
+
+    from multimae_cli.data.datasets import collate
+
+    cv2.setNumThreads(1)  # as in a worker
+    costs = []
+    for _ in range(rounds + 1):  # the first round warms the file cache
+        start = time.perf_counter()
+        for first in range(0, len(dataset) - batch + 1, batch):
+            collate([dataset[i] for i in range(first, first + batch)])
+        costs.append((time.perf_counter() - start) * 1e3 / (len(dataset) // batch * batch))
+    return statistics.median(costs[1:])
+
+
 def throughput(loader: DataLoader, prepare, epochs: int = 2) -> float:
     start, count = time.perf_counter(), 0
     for _ in range(epochs):
@@ -102,6 +120,7 @@ def main() -> None:
         root = Path(tmp)
         write_synthetic(root, args.n, (256, 256), all_modalities, workers=args.workers)
         ours = FolderDataset(root, modalities, transform=MultiModalTransform(modalities, args.size))
+        ours_cost = worker_cost(ours, args.batch)
         loaders = {"ours": make_loader(ours, args.batch, workers=args.workers,
                                             pin_memory=args.device.startswith("cuda"))}
         reference = PilTorchvisionDataset(root / "train", args.size)
@@ -121,6 +140,7 @@ def main() -> None:
         "device": args.device,
         "ours_samples_per_s": round(ours_rate, 1), "pil_torchvision_samples_per_s": round(reference_rate, 1),
         "speedup": round(ours_rate / reference_rate, 2), "rounds": args.rounds,
+        "ours_worker_ms_per_sample": round(ours_cost, 3),
         "round_speedups": [round(a / b, 2) for a, b in zip(rates["ours"], rates["reference"], strict=True)],
     }))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -13,16 +14,25 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+@functools.cache
+def _silence_opencv() -> None:
+    """OpenCV's own decoder warnings off: our one-line errors say it all."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
 def read_image(path: str | Path, color: bool) -> np.ndarray:
     """Decode an 8/16-bit PNG, JPEG, ... as stored: colour images as RGB (H, W, 3), else (H, W)."""
     import cv2
     import numpy as np
 
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our one-line error says it all
+    _silence_opencv()
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    data = np.fromfile(path, dtype=np.uint8)
+    try:  # no separate existence check: one system call fewer per file in the loader's hot loop
+        data = np.fromfile(path, dtype=np.uint8)
+    except (FileNotFoundError, IsADirectoryError):
+        raise InputError(f"{path}: no such file") from None
     if path.suffix.lower() in (".jpg", ".jpeg") and data[-2:].tobytes() != b"\xff\xd9":
         raise InputError(f"{path}: truncated JPEG (no end-of-image marker)")
     rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
@@ -76,16 +86,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def _png_params() -> list[int]:
-    """zlib level 3, its default strategy and the Up row filter: against OpenCV's defaults (level 1, run-length
-    strategy, Sub filter) files are 25-50 % smaller and decode 40 % faster (rendered scenes at 256 px: rgb
-    1.14 -> 0.71 ms, 16-bit depth 0.65 -> 0.36 ms), for about twice the encoding time. Datasets are written
-    once and decoded every epoch."""
+def _png_params(sixteen_bit: bool) -> list[int]:
+    """zlib level 6 with its default strategy; no row filter for 8-bit images, the Up filter for 16-bit ones.
+    Chosen for decoding speed from a table of levels, strategies and filters on rendered 256 px scenes (datasets
+    are written once and decoded every epoch): against OpenCV's defaults (level 1, run-length strategy, Sub
+    filter) rgb decodes in 0.66 instead of 1.14 ms at 33 instead of 49 KB, 16-bit depth in 0.39 instead of
+    0.65 ms at 12 KB. Unfiltered photographs are a fifth larger than with Up, and decode no slower."""
     import cv2
 
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 3, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_DEFAULT]
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 6, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_DEFAULT]
     if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
-        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP if sixteen_bit else cv2.IMWRITE_PNG_FILTER_NONE]
     return params
 
 
@@ -97,7 +108,8 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     suffix = path.suffix or ".png"
-    ok, encoded = cv2.imencode(suffix, image, _png_params() if suffix.lower() == ".png" else [])
+    params = _png_params(sixteen_bit=image.dtype.itemsize == 2) if suffix.lower() == ".png" else []
+    ok, encoded = cv2.imencode(suffix, image, params)
     if not ok:
         raise InputError(f"{path}: cannot encode a {image.dtype} image of shape {image.shape} as {path.suffix}")
     atomic_write_bytes(path, encoded.tobytes())
@@ -135,9 +147,10 @@ def read_labels(path: str | Path) -> np.ndarray:
     import numpy as np
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise InputError(f"{path}: no such file") from None
     if not data.startswith(_PNG_SIGNATURE) or data[25:26] != b"\x03":  # IHDR colour type 3: palette
         return read_image(path, color=False)
     chunks = list(_png_chunks(data))
