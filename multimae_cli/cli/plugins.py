@@ -20,7 +20,7 @@ def list_plugins() -> list[dict]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("plugins")
+    @app.command("plugins", short_help="List the loaded plugins, what each adds, and why any failed.")
     def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
         """List the loaded plugins: where each comes from (built-in or its distribution), its version, what it
         adds, and why it failed if it did."""

@@ -37,7 +37,8 @@ finishes what an interrupted run left. Nothing is replaced without
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("pseudolabel", help=HELP)
+    @app.command("pseudolabel", help=HELP,
+                 short_help="Make depth, semseg, normals, ... for an rgb folder with teacher models.")
     def pseudolabel_command(
         rgb_dir: Path = typer.Argument(..., help="Folder of rgb images (searched recursively)."),
         out: Path = typer.Option(..., "--out", help="Dataset folder to write (may already hold modalities)."),
