@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -107,7 +107,7 @@ def build_config(cls: type[BaseModel], values: dict[str, Any]) -> Any:
             elif error["type"] == "value_error" and not error["loc"]:
                 problems.append(error["msg"].removeprefix("Value error, "))
             else:
-                problems.append(f"{key}: {error['msg']}")
+                problems.append(f"{key}: {error['msg'].removeprefix('Value error, ')}")
         raise ConfigError("; ".join(problems)) from None
 
 
@@ -125,10 +125,20 @@ class DataConfig(BaseModel):
     synthetic_scenes: Count = 4096
     val_scenes: Count = 64
     render_size: Count | None = None
-    workers: Amount = 2
+    workers: Amount | Literal["auto"] = "auto"  # DataLoader processes; auto: see data.datasets.loader_workers
     skip_bad: bool = False
     crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.2, 1.0)
     hflip: Probability = 0.5
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        """One clear error instead of one per member of the union."""
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        raise ValueError(f"expected 'auto' or a number of loader processes >= 0, got {value!r}")
 
     @model_validator(mode="after")
     def _path_for_folders(self) -> DataConfig:

@@ -314,3 +314,24 @@ def test_written_pngs_read_back_exactly_and_labels_stay_small_until_resized(tmp_
     sample = FolderDataset(tmp_path, modalities, transform=MultiModalTransform(modalities, (32, 48), train=False))[0]
     assert sample["semseg"].dtype == torch.int64
     assert torch.equal(sample["semseg"], torch.from_numpy(arrays["semseg"][2::4, 2::4]))
+
+
+def test_auto_workers_follow_the_cpus_this_process_may_use(monkeypatch):
+    """`data.workers: auto` (the default): the process's CPUs shared among the local torchrun processes, less one
+    for the loop, within [2, 16]; numbers pass through, anything else is a config error naming the key."""
+    from multimae_cli.config import PretrainConfig, load_pretrain_config
+    from multimae_cli.data.datasets import loader_workers
+    from multimae_cli.errors import ConfigError
+
+    assert PretrainConfig().data.workers == "auto"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cpus, expected in ((2, 2), (16, 15), (64, 16)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        assert loader_workers("auto") == expected
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(16)))
+    assert loader_workers("auto") == 3
+    assert loader_workers(0) == 0 and load_pretrain_config(assignments=["data.workers=5"]).data.workers == 5
+    with pytest.raises(ConfigError) as error:
+        load_pretrain_config(assignments=["data.workers=many"])
+    assert str(error.value) == "data.workers: expected 'auto' or a number of loader processes >= 0, got 'many'"

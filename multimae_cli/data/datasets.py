@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -69,6 +70,17 @@ def _worker_init(_worker_id: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+
+
+def loader_workers(setting: int | str) -> int:
+    """DataLoader processes for `data.workers`. `auto`: the CPUs this process may use (its affinity), shared
+    among the torchrun processes of this machine, less one for the training loop; at least 2, at most 16. A
+    GPU step outruns a couple of workers many times over (docs/performance.md)."""
+    if setting != "auto":
+        return int(setting)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(16, max(2, per_process - 1))
 
 
 def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = True, workers: int = 0, seed: int = 0,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data.datasets import make_loader
+from ..data.datasets import loader_workers, make_loader
 from ..data.tasks import (
     TARGET,
     TaskDataset,
@@ -202,7 +202,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         mixup, criterion = build_mixup(config, task, inputs, num_outputs)
 
     sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
-    loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=config.data.workers,
+    loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=loader_workers(config.data.workers),
                          pin_memory=device.type == "cuda")
     total_steps = config.steps or max(1, math.ceil(config.epochs * sampler.batches_per_epoch))
     lr = config.optim.lr or config.optim.blr * config.batch_size * info.world / 256

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import PretrainConfig, RunConfig
-from ..data.datasets import SyntheticDataset, make_loader
+from ..data.datasets import SyntheticDataset, loader_workers, make_loader
 from ..data.folder import FolderDataset
 from ..data.transforms import MultiModalTransform, to_device
 from ..errors import ConfigError, MultiMAEError, one_line
@@ -189,7 +189,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     dataset = build_dataset(config, modalities, model_config.image_size)
     accum = config.optim.accum_steps
     sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
-    loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=config.data.workers,
+    loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=loader_workers(config.data.workers),
                          pin_memory=device.type == "cuda")
     total_steps = config.steps or max(1, math.ceil(config.epochs * sampler.batches_per_epoch / accum))
     total_batch = config.batch_size * accum * info.world
