@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -165,6 +166,14 @@ class OptimConfig(BaseModel):
     accum_steps: Count = 1
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|min|h)")
+
+
+def _seconds(duration: str) -> float:
+    number, unit = _DURATION.fullmatch(duration.strip()).groups()
+    return float(number) * {"s": 1, "min": 60, "h": 3600}[unit]
+
+
 class RunConfig(BaseModel):
     """What every training run has: length, batch, precision, device, seed, where it is written."""
 
@@ -183,7 +192,23 @@ class RunConfig(BaseModel):
     out_dir: str = "runs"
     name: str | None = None
     log_every: Count = 10
-    checkpoint_every: Count = 100
+    checkpoint_every: Count | str = "10min"  # steps, or a duration: 90s, 10min, 2h
+
+    @field_validator("checkpoint_every", mode="before")
+    @classmethod
+    def _steps_or_duration(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        if isinstance(value, str) and _DURATION.fullmatch(value.strip()) and _seconds(value) > 0:
+            return value.strip()
+        raise ValueError(f"expected a number of steps >= 1 or a duration such as 90s, 10min or 2h, got {value!r}")
+
+    @property
+    def checkpoint_seconds(self) -> float | None:
+        """`checkpoint_every` in seconds when it is a duration; None when it counts steps."""
+        return _seconds(self.checkpoint_every) if isinstance(self.checkpoint_every, str) else None
 
     @model_validator(mode="after")
     def _check_compile_mode(self) -> RunConfig:

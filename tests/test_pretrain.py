@@ -92,11 +92,12 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
 
 def test_ddp_two_processes_match_one(tmp_path):
     """2 gloo processes x batch 4 against 1 process x batch 8: losses within 1e-5 relative, weights within 1e-5
-    (but for rare elements whose gradient is ~0: see assert_same_training)."""
+    (but for rare elements whose gradient is ~0: see assert_same_training). Checkpoints by time (`0.01s`): the
+    ranks agree on every save through rank 0's broadcast, or the barrier after a save would hang."""
     pretrain(tiny(tmp_path, name="single", steps=6, batch_size=8), quiet=True)
     args = ["--set", f"model={json.dumps(TINY['model'])}", "--set", f"data={json.dumps(TINY['data'])}",
             "--set", f"optim={json.dumps(TINY['optim'])}",
-            "--set", "batch_size=4", "--set", "log_every=2", "--set", "checkpoint_every=6",
+            "--set", "batch_size=4", "--set", "log_every=2", "--set", "checkpoint_every=0.01s",
             "--set", "preview_every=0", "--steps", "6", "--device", "cpu"]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
@@ -315,3 +316,26 @@ def test_compile_mode_needs_compile_and_one_process(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="runs in one process only"):
         load_pretrain_config(assignments=["compile=true", "compile_mode=reduce-overhead"])
+
+
+def test_checkpoints_by_steps_or_by_time(monkeypatch):
+    """`checkpoint_every`: steps, or a duration (the default, 10min) measured from the last save."""
+    from multimae_cli.train.checkpoint import SaveSchedule
+    from multimae_cli.train.distributed import DistInfo
+
+    assert PretrainConfig().checkpoint_every == "10min"
+    clock = [100.0]
+    monkeypatch.setattr("multimae_cli.train.checkpoint.time.monotonic", lambda: clock[0])
+    by_time = SaveSchedule(load_pretrain_config(assignments=["checkpoint_every=90s"]), DistInfo(), torch.device("cpu"))
+    clock[0] += 89
+    assert not by_time.due(7)
+    clock[0] += 1
+    assert by_time.due(8)
+    by_time.saved()
+    assert not by_time.due(9)
+    by_steps = SaveSchedule(load_pretrain_config(assignments=["checkpoint_every=4"]), DistInfo(), torch.device("cpu"))
+    assert [step for step in range(1, 13) if by_steps.due(step)] == [4, 8, 12]
+    assert load_pretrain_config(assignments=["checkpoint_every=1.5h"]).checkpoint_seconds == 5400
+    for bad in ("0", "10 minutes", "0s"):
+        with pytest.raises(ConfigError, match="checkpoint_every: expected a number of steps >= 1 or a duration"):
+            load_pretrain_config(assignments=[f"checkpoint_every={bad}"])

@@ -12,14 +12,17 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..formats import load_model, save_model
 from ..io import atomic_write_bytes
+from .distributed import DistInfo
 
 LAST, PREVIOUS, BEST = "last", "last.prev", "best"
 
@@ -91,6 +94,32 @@ def save_checkpoint(run: Path, model, state: dict[str, Any]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return run / LAST
+
+
+class SaveSchedule:
+    """When a training loop writes `last/`: every `steps` steps, or once `seconds` have passed since the last
+    save. Under torchrun rank 0 reads the clock at logging steps and broadcasts its answer, so every rank saves
+    at the same step (the save ends in a barrier)."""
+
+    def __init__(self, config: RunConfig, info: DistInfo, device: torch.device) -> None:
+        self.seconds = config.checkpoint_seconds
+        self.steps = None if self.seconds is not None else int(config.checkpoint_every)
+        self.log_every, self.info, self.device = config.log_every, info, device
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.steps is not None:
+            return step % self.steps == 0
+        if self.info.world == 1:
+            return time.monotonic() - self.last >= self.seconds
+        if step % self.log_every:
+            return False
+        flag = torch.tensor([float(time.monotonic() - self.last >= self.seconds)], device=self.device)
+        torch.distributed.broadcast(flag, 0)
+        return bool(flag.item())
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
 
 
 def save_snapshot(run: Path, name: str, model) -> Path:

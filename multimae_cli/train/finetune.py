@@ -233,7 +233,10 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 ckpt.save_snapshot(run, folder, model)
         if info.world > 1:
             dist.barrier()
+        if folder == ckpt.LAST:
+            saves.saved()
 
+    saves = ckpt.SaveSchedule(config, info, device)
     bar, handle = progress_bar("finetune", total_steps, step, disabled=quiet or not info.is_main)
     losses: list[float] = []
     first_loss = last_loss = None
@@ -280,7 +283,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 if better:
                     best = score
                     save(ckpt.BEST)
-            if step % config.checkpoint_every == 0 or step == total_steps:
+            if step == total_steps or saves.due(step):
                 save()
             if step == total_steps:
                 break

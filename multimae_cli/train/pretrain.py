@@ -221,7 +221,9 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
             })
         if info.world > 1:
             dist.barrier()
+        saves.saved()
 
+    saves = ckpt.SaveSchedule(config, info, device)
     bar, task = progress_bar("pretrain", total_steps, step, disabled=quiet or not info.is_main)
     window: dict[str, list[float]] = {}
     window_start, window_images = time.perf_counter(), 0
@@ -269,7 +271,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
             due = step == total_steps or (config.preview_every and step % config.preview_every == 0)
             if info.is_main and config.preview_every and due:
                 preview(model, dataset, config, modalities, run / "previews" / f"step-{step:06d}.png", device)
-            if step % config.checkpoint_every == 0 or step == total_steps:
+            if step == total_steps or saves.due(step):
                 save()
             if step == total_steps:
                 break
