@@ -88,13 +88,15 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split"),
         batch_size: int = typer.Option(16, "--batch-size"),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        workers: int = typer.Option(0, "--workers"),
+        workers: str = typer.Option("auto", "--workers", help="Loader processes, or auto (the CPUs less one, 2-16)."),
         scenes: int = typer.Option(64, "--scenes", help="Synthetic scenes to evaluate when no --data is given."),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     ) -> None:
         """Metrics of a fine-tuned checkpoint over a whole split (works under torchrun)."""
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device {device}: expected auto, cpu or cuda")
+        if workers != "auto" and not workers.isdigit():
+            raise ConfigError(f"--workers {workers}: expected auto or a number of loader processes >= 0")
         from ..train.evaluate import evaluate_checkpoint
 
         result = evaluate_checkpoint(checkpoint, data, split, batch_size, device, workers, scenes)

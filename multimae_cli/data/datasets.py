@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..modality import Modality
 from .synthetic import render_scene
 
@@ -77,6 +78,8 @@ def loader_workers(setting: int | str) -> int:
     among the torchrun processes of this machine, less one for the training loop; at least 2, at most 16. A
     GPU step outruns a couple of workers many times over (docs/performance.md)."""
     if setting != "auto":
+        if not str(setting).strip().isdigit():
+            raise ConfigError(f"workers: expected 'auto' or a number of loader processes >= 0, got {setting!r}")
         return int(setting)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
     per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
+from ..data.datasets import loader_workers
 from ..data.tasks import TARGET, TaskDataset, build_source, class_names, prepare_target, source_modalities
 from ..data.transforms import to_device
 from ..errors import InputError
@@ -66,13 +67,15 @@ def eval_loader(dataset, batch_size: int, info: DistInfo, workers: int):
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "val",
-                        batch_size: int = 16, device: str = "auto", workers: int = 0,
+                        batch_size: int = 16, device: str = "auto", workers: int | str = "auto",
                         synthetic_scenes: int = 64, seed: int = 0) -> dict[str, Any]:
     """Metrics of a fine-tuned checkpoint on a split of a folder dataset (or `synthetic_scenes` scenes of the
     split's synthetic stream when `data` is None), accumulated over the whole split; correct under torchrun
     (shards summed)."""
     from ..config import DataConfig
     from ..formats import load_task_model
+
+    processes = loader_workers(workers)
 
 
     def body(torch_device: torch.device, info: DistInfo) -> dict[str, Any]:
@@ -93,7 +96,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         dataset = TaskDataset(source, inputs, task, modalities, tuple(model.config.image_size), train=False,
                               classes=classes, seed=seed, num_classes=model.task_info["num_outputs"],
                               reduce_zero_label=model.task_info["reduce_zero_label"])
-        loader = eval_loader(dataset, batch_size, info, workers)
+        loader = eval_loader(dataset, batch_size, info, processes)
         metrics = evaluate(model, task, loader, dataset.input_modalities, model.task_info["num_outputs"], torch_device,
                            resolve_precision("auto", torch_device), model.task_info["depth_scale"],
                            model.task_info["reduce_zero_label"])

@@ -202,7 +202,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         mixup, criterion = build_mixup(config, task, inputs, num_outputs)
 
     sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
-    loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=loader_workers(config.data.workers),
+    workers = loader_workers(config.data.workers)
+    loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=workers,
                          pin_memory=device.type == "cuda")
     total_steps = config.steps or max(1, math.ceil(config.epochs * sampler.batches_per_epoch))
     lr = config.optim.lr or config.optim.blr * config.batch_size * info.world / 256
@@ -271,7 +272,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
             bar.update(handle, completed=step)
             due = step == total_steps or step % config.eval_every == 0
             if val_set is not None and due:
-                evaluation = evaluate(model, task, eval_loader(val_set, config.batch_size, info, 0),
+                evaluation = evaluate(model, task, eval_loader(val_set, config.batch_size, info, workers),
                                       val_set.input_modalities, num_outputs, device, dtype, scale, zero)
                 score = evaluation[metric_kind.main]
                 if info.is_main:
