@@ -13,3 +13,13 @@ def test_readme_training_step_example():
     namespace: dict = {}
     exec("import torch\nfrom multimae_cli import ModelConfig, create_model, create_objective\n" + example, namespace)
     assert namespace["loss"].requires_grad and set(namespace["per_modality"]) == {"rgb", "depth"}
+
+
+def test_every_package_is_in_the_distribution():
+    """pyproject lists the packages by name: a new subpackage left out works in an editable install and is
+    missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "multimae_cli").rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"

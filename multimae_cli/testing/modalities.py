@@ -1,120 +1,34 @@
-"""The conformance kit: checks a plugin author calls from pytest to know a plugin keeps the contract.
-
-    from multimae_cli.testing import check_modality
-
-    def test_thermal_conforms():
-        check_modality(registered_modality("thermal"))
-
-Each check runs what the core will run (read/write, the shared crop/flip/resize, normalise, the adapters, the
-masked loss, colourising, a tiny training step) on small synthetic data and raises `AssertionError` with one
-line naming the record and the problem. Everything runs on the CPU in about a second per record.
-"""
+"""Conformance checks of a modality plugin: everything the core does with a modality, on small data."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .hookspecs import hookimpl
-from .modality import AdapterContext, Modality
-from .registry import PluginInfo, Registry, get_registry
-from .task import Task, build_task_model
-from .teacher import Teacher, TeacherRequest
-
-INTERPOLATIONS = ("nearest", "linear", "cubic", "area")
-IMAGE_SIZE = 32  # the tiny model's input size: 2 x 2 tokens of 16 px
-PATCH_SIZE = 16
-DIM = 64
-SAMPLE_SIZE = (48, 64)  # file-space samples: not square, so a transposed array is caught
-
-
-def _fail(what: str, problem: str) -> None:
-    raise AssertionError(f"{what}: {problem}")
-
-
-def _check(condition: bool, what: str, problem: str) -> None:
-    if not condition:
-        _fail(what, problem)
-
-
-def _call(what: str, step: str, function: Callable[..., Any], *args: Any) -> Any:
-    """`function(*args)`, turning an exception into one line that says which step of the plugin raised."""
-    try:
-        return function(*args)
-    except AssertionError:
-        raise
-    except Exception as exc:
-        _fail(what, f"{step} raised {type(exc).__name__}: {exc}")
-
-
-def registered_modality(name: str, registry: Registry | None = None) -> Modality:
-    """The modality `name` as discovered through the entry points (what `multimae` itself would use)."""
-    modalities = (registry or get_registry()).modalities()
-    _check(name in modalities, f"modality {name!r}",
-           f"not registered (registered: {', '.join(sorted(modalities)) or 'none'}); is the plugin installed?")
-    return modalities[name]
-
-
-# ---------------------------------------------------------------- samples
-
-
-def _pattern(channels: int, height: int, width: int, seed: int) -> torch.Tensor:
-    """A smooth, left-right asymmetric model-space pattern (C, H, W) in about [-2, 2]."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = torch.linspace(-1, 1, height).view(1, -1, 1)
-    cols = torch.linspace(-1, 1, width).view(1, 1, -1)
-    phase = torch.rand(channels, 1, 1, generator=generator) * 6.28
-    waves = torch.sin(3 * cols + 2 * rows + phase) + 0.5 * torch.cos(5 * rows * cols + phase)
-    return waves + 0.7 * cols + 0.05 * torch.randn(channels, height, width, generator=generator)
-
-
-def _labels(classes: int, height: int, width: int, seed: int) -> torch.Tensor:
-    """(H, W) int64 class ids in blocks, every class id reachable, asymmetric."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = torch.arange(height).view(-1, 1) // 3
-    cols = torch.arange(width).view(1, -1) // 4
-    return (rows * 7 + cols * cols + torch.randint(0, classes, (1,), generator=generator)) % classes
-
-
-def file_array(modality: Modality, value: torch.Tensor) -> np.ndarray:
-    """A model-space (C, H, W) tensor (labels: (H, W) ids) as the array the modality's `write` takes, exactly
-    as `multimae predict` makes it."""
-    if modality.kind == "labels":
-        return value.numpy()
-    array = modality.denormalize(value.unsqueeze(0).clone())[0].float().numpy()
-    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
-
-
-def make_sample(modality: Modality, size: tuple[int, int] = SAMPLE_SIZE, seed: int = 0,
-                folder: Path | None = None) -> np.ndarray:
-    """A file-space sample (what the modality's `read` returns) at `size` / stride: a model-space pattern
-    denormalised, written with the plugin's writer and read back (without a writer or reader: not stored)."""
-    height, width = size[0] // modality.stride, size[1] // modality.stride
-    what = f"modality {modality.name!r}"
-    if modality.kind == "labels":
-        value = _labels(modality.channels, height, width, seed)
-    else:
-        value = _pattern(modality.channels, height, width, seed)
-    array = _call(what, "denormalize", file_array, modality, value)
-    if modality.write is None or modality.read is None:
-        return array
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(folder or tmp) / f"sample-{seed}{modality.extensions[0]}"
-        _call(what, f"write of a denormalised prediction to {path.name}", modality.write, path, array)
-        return _call(what, f"read of {path.name}", modality.read, path)
-
-
-# ---------------------------------------------------------------- modalities
+from ..config import ModelConfig
+from ..hookspecs import hookimpl
+from ..modality import AdapterContext, Modality
+from ..registry import Registry, get_registry
+from ._common import (
+    DIM,
+    IMAGE_SIZE,
+    INTERPOLATIONS,
+    PATCH_SIZE,
+    _call,
+    _check,
+    _check_grads,
+    _check_layout,
+    _fail,
+    _pattern,
+    file_array,
+    make_sample,
+)
 
 
 def check_modality(modality: Modality, sample: np.ndarray | None = None, *,
@@ -179,19 +93,6 @@ def _check_record(modality: Modality, what: str) -> None:
                "their lower-cased suffix)")
     _check((modality.read is None) == (modality.write is None), what,
            "give both `read` and `write` (predictions are written by `write` and trained on through `read`)")
-
-
-def _check_layout(modality: Modality, what: str, array: np.ndarray, name: str) -> None:
-    """The file-space layout the transforms take: (H, W) labels or single channels, else (H, W, C)."""
-    if modality.kind == "labels":
-        _check(array.ndim == 2 and array.dtype.kind in "iu", what,
-               f"{name} must be an (H, W) integer label map, got {array.dtype} of shape {array.shape}")
-        _check(array.size == 0 or 0 <= array.min() <= array.max() < modality.channels, what,
-               f"{name} holds class ids outside [0, {modality.channels - 1}]")
-        return
-    fits = (array.ndim == 2 and modality.channels == 1) or (array.ndim == 3 and array.shape[2] == modality.channels)
-    _check(fits, what, f"{name} has shape {array.shape}, expected (H, W, {modality.channels})"
-                       + (" or (H, W)" if modality.channels == 1 else "") + f" for channels={modality.channels}")
 
 
 def _close(a: np.ndarray, b: np.ndarray, tolerance: float) -> bool:
@@ -272,7 +173,7 @@ def _positions(found: list[tuple[int, int]]) -> str:
 
 def _check_resize(modality: Modality, what: str, sample: np.ndarray) -> None:
     """The declared interpolation works on the data type, keeps the layout, and commutes with the flip."""
-    from .data.transforms import resize
+    from ..data.transforms import resize
 
     size = (sample.shape[0] * 2, sample.shape[1] * 2)  # 2x: no pixel centre falls on a tie when mirrored
     larger = _call(what, f"resize with interpolation {modality.interpolation!r}", resize, sample, size,
@@ -293,7 +194,7 @@ def _check_normalize(modality: Modality, what: str, sample: np.ndarray) -> torch
     """normalize takes a batch and treats its samples independently, gives what the adapters take, and a
     denormalised prediction written and read back is the same. Returns the normalised batch (the sample and
     its mirror image)."""
-    from .data.transforms import to_tensor
+    from ..data.transforms import to_tensor
 
     one = to_tensor(sample.copy(), modality)
     files = torch.stack([one, one.flip(-1) * (2 if one.is_floating_point() else 1)])  # two different samples
@@ -331,7 +232,7 @@ def _check_normalize(modality: Modality, what: str, sample: np.ndarray) -> torch
 def _check_stored_prediction(modality: Modality, what: str) -> None:
     """A decoder output, denormalised, written and read back, means what it meant before the file (up to the
     file's quantisation): catches a denormalize that does not give the writer's units."""
-    from .data.transforms import to_tensor
+    from ..data.transforms import to_tensor
 
     prediction = _pattern(modality.channels, 24, 32, seed=1)
     prediction = 0.5 * prediction / prediction.abs().max()  # a modest prediction, inside any writer's range
@@ -350,7 +251,7 @@ def _check_stored_prediction(modality: Modality, what: str) -> None:
 
 def _resized_batch(modality: Modality, batch: torch.Tensor) -> torch.Tensor:
     """The batch at the tiny model's size (data size / stride), resized the modality's way."""
-    from .data.transforms import resize
+    from ..data.transforms import resize
 
     size = (IMAGE_SIZE // modality.stride, IMAGE_SIZE // modality.stride)
     out = []
@@ -431,8 +332,8 @@ def _check_colorize(modality: Modality, what: str, value: torch.Tensor) -> None:
 def _train_step(modality: Modality, what: str, companion: Modality | str | None) -> None:
     """Three optimiser steps of a tiny MultiMAE with the companion (rgb) and this modality, fed through the
     shared crop/flip transform: decoder shapes, finite losses, gradients reaching this modality's adapters."""
-    from .data.transforms import MultiModalTransform, to_device
-    from .factory import create_model, create_objective
+    from ..data.transforms import MultiModalTransform, to_device
+    from ..factory import create_model, create_objective
 
     known = get_registry().modalities()
     if isinstance(companion, str):
@@ -489,130 +390,3 @@ def _train_step(modality: Modality, what: str, companion: Modality | str | None)
             if modality.name in outputs:
                 _check_colorize(modality, what, preds[modality.name][0].detach())
         optimizer.step()
-
-
-def _check_grads(module: nn.Module, what: str, name: str) -> None:
-    trainable = [(key, p) for key, p in module.named_parameters() if p.requires_grad]
-    _check(bool(trainable), what, f"its {name} has no trainable parameter")
-    for key, parameter in trainable:
-        _check(parameter.grad is None or bool(torch.isfinite(parameter.grad).all()), what,
-               f"its {name}'s {key} gets a NaN or inf gradient")
-    _check(any(p.grad is not None and bool(p.grad.abs().sum() > 0) for _, p in trainable), what,
-           f"no gradient reaches its {name} in a training step")
-
-
-# ---------------------------------------------------------------- tasks
-
-
-def check_task(task: Task, num_outputs: int | None = None, *, inputs: Sequence[str] = ("rgb",),
-               registry: Registry | None = None) -> None:
-    """Every head gives the task's output shape, every loss a finite scalar with gradient to the head, the
-    metrics report their main value. Heads sit on a tiny rgb encoder (4 blocks: DPT reads several layers)."""
-    registry = registry or get_registry()
-    what = f"task {task.name!r}"
-    _check(task.kind in ("classification", "dense"), what, f"kind must be 'classification' or 'dense', got "
-                                                           f"{task.kind!r}")
-    _check(bool(task.heads) and bool(task.losses), what, "needs at least one head and one loss")
-    target = registry.modality(task.target) if task.target else None
-    _check(task.kind == "classification" or target is not None, what, "a dense task needs a target modality")
-    if num_outputs is None:
-        num_outputs = task.num_outputs or (target.channels if target is not None else 5)
-    size = 32
-    generator = torch.Generator().manual_seed(0)
-    images = {name: torch.randn(2, registry.modality(name).channels, size, size, generator=generator)
-              for name in inputs}
-    if target is None:
-        labels = torch.randint(0, num_outputs, (2,), generator=generator)
-    else:
-        files = [make_sample(target, (size * target.stride,) * 2, seed) for seed in range(2)]  # at image size
-        from .data.transforms import to_tensor
-
-        labels = torch.stack([to_tensor(array, target) for array in files])
-        if task.prepare_target is not None:
-            labels = _call(what, "prepare_target", task.prepare_target, labels, 1000.0)
-    expected = (2, num_outputs) if task.kind == "classification" else (2, num_outputs, size, size)
-    from .factory import create_model
-
-    for head in task.heads:
-        config = ModelConfig(inputs=tuple(inputs), outputs=(), image_size=size, patch_size=PATCH_SIZE, dim=DIM,
-                             depth=4, num_heads=2, num_encoded_tokens=len(inputs) * 4)
-        torch.manual_seed(0)
-        model = _call(what, f"head {head!r}", build_task_model, create_model(config, registry), task, head,
-                      num_outputs)
-        prediction = _call(what, f"head {head!r} forward", model, images)
-        _check(tuple(prediction.shape) == expected, what,
-               f"head {head!r} returned shape {tuple(prediction.shape)}, expected {expected}")
-        for name, factory in task.losses.items():
-            model.zero_grad()
-            criterion = _call(what, f"loss {name!r} factory", factory, {})
-            loss = _call(what, f"loss {name!r}", criterion, prediction, labels)
-            _check(isinstance(loss, torch.Tensor) and loss.ndim == 0 and bool(torch.isfinite(loss)), what,
-                   f"loss {name!r} with head {head!r} is not a finite scalar: {loss}")
-            loss.backward(retain_graph=True)
-            _check_grads(model.head, what, f"head {head!r} (loss {name!r})")
-        metrics = _call(what, "metrics factory", task.metrics, num_outputs)
-        _call(what, "metrics update", metrics.update, prediction.detach(), labels)
-        report = _call(what, "metrics compute", metrics.compute)
-        _check(isinstance(report, Mapping) and metrics.main in report, what,
-               f"metrics report {sorted(report) if isinstance(report, Mapping) else report!r} lacks their main "
-               f"value {metrics.main!r}")
-
-
-# ---------------------------------------------------------------- teachers
-
-
-def check_teacher(teacher: Teacher, modality: Modality | str, arg: str | None = None,
-                  options: Mapping[str, str] | None = None, *, registry: Registry | None = None) -> None:
-    """The teacher loads for `modality` on the CPU, labels samples of two sizes in one call, and each label
-    has its sample's size and the modality's layout, and survives the modality's write/read."""
-    registry = registry or get_registry()
-    if isinstance(modality, str):
-        modality = registry.modality(modality)
-    what = f"teacher {teacher.name!r}"
-    _check(teacher.can_make(modality.name), what, f"cannot make {modality.name!r} (it makes "
-                                                  f"{', '.join(teacher.produces)})")
-    request = TeacherRequest(modality, arg, dict(options or {}), device="cpu")
-    labeler = _call(what, "load", teacher.load, request)
-    _check(callable(getattr(labeler, "label", None)), what, "load must return a Labeler")
-    sizes = [(48, 64), (40, 40), (48, 64)]
-    samples = [{name: make_sample(registry.modality(name), size, seed) for name in teacher.needs}
-               for seed, size in enumerate(sizes)]
-    labels = _call(what, "label", labeler.label, samples)
-    _check(isinstance(labels, list) and len(labels) == len(samples), what,
-           f"label must return one array per sample ({len(samples)}), got "
-           f"{len(labels) if isinstance(labels, list) else type(labels).__name__}")
-    for size, label in zip(sizes, labels, strict=True):
-        _check(isinstance(label, np.ndarray), what, f"a label must be a numpy array, got {type(label).__name__}")
-        expected = (size[0] // modality.stride, size[1] // modality.stride)
-        _check(label.shape[:2] == expected, what, f"a label for a {size[0]}x{size[1]} sample has shape "
-                                                  f"{label.shape}, expected {expected} first")
-        _check_layout(modality, what, label, f"a label of {modality.name!r}")
-    if modality.write is not None and modality.read is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"label{modality.extensions[0]}"
-            _call(what, f"the {modality.name!r} writer on its label", modality.write, path, labels[0])
-            _call(what, f"the {modality.name!r} reader on its label", modality.read, path)
-
-
-# ---------------------------------------------------------------- plugin modules
-
-
-def check_plugin(module: str) -> PluginInfo:
-    """Import `module` in a fresh interpreter (it must not import torch: `multimae --help` stays fast),
-    register it like an entry point would, and check its hooks register without error. Returns its info."""
-    code = f"import sys, {module}; sys.exit(3 if 'torch' in sys.modules else 0)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    _check(result.returncode != 3, f"plugin {module!r}",
-           "importing it imports torch: import torch inside the factories that need it")
-    _check(result.returncode == 0, f"plugin {module!r}", f"does not import: {result.stderr.strip().splitlines()[-1:]}")
-    from importlib import import_module
-
-    registry = Registry()
-    registry.register(import_module(module), name=module)
-    info = registry.plugins[module]
-    _check(info.error is None, f"plugin {module!r}", info.error or "")
-    registry.modalities()
-    registry.tasks()
-    registry.teachers()
-    _check(info.error is None, f"plugin {module!r}", info.error or "")
-    return info
