@@ -115,6 +115,15 @@ def build_config(cls: type[BaseModel], values: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------- pretraining
 
 
+def workers_setting(value: Any) -> int | str:
+    """A loader-workers setting as given in a config or on a command line: `auto` or a count >= 0."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError(f"expected 'auto' or a number of loader processes >= 0, got {value!r}")
+
+
 class DataConfig(BaseModel):
     """Where training samples come from and how they are augmented."""
 
@@ -134,12 +143,7 @@ class DataConfig(BaseModel):
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: Any) -> Any:
-        """One clear error instead of one per member of the union."""
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            return value
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        raise ValueError(f"expected 'auto' or a number of loader processes >= 0, got {value!r}")
+        return workers_setting(value)  # one clear error instead of one per member of the union
 
     @model_validator(mode="after")
     def _path_for_folders(self) -> DataConfig:

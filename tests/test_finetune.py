@@ -110,7 +110,8 @@ def test_classification_from_class_folders(tmp_path, encoder):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["samples"] == 12
     bad = run_cli("eval", str(tmp_path / "runs" / "cls"), "--workers", "many")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --workers many: expected auto or a number"), bad.stderr
+    assert bad.returncode == 2 and bad.stderr.strip() == ("error: --workers: expected 'auto' or a number of loader "
+                                                          "processes >= 0, got 'many'"), bad.stderr
     info = run_cli("info", str(tmp_path / "runs" / "cls" / "last"))
     assert info.returncode == 0 and "inputs:  rgb" in info.stdout, info.stderr
     empty = run_cli("info", str(tmp_path / "data"))

@@ -95,8 +95,12 @@ def register(app: typer.Typer) -> None:
         """Metrics of a fine-tuned checkpoint over a whole split (works under torchrun)."""
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device {device}: expected auto, cpu or cuda")
-        if workers != "auto" and not workers.isdigit():
-            raise ConfigError(f"--workers {workers}: expected auto or a number of loader processes >= 0")
+        from ..config import workers_setting
+
+        try:
+            workers_setting(workers)
+        except ValueError as exc:
+            raise ConfigError(f"--workers: {exc}") from None
         from ..train.evaluate import evaluate_checkpoint
 
         result = evaluate_checkpoint(checkpoint, data, split, batch_size, device, workers, scenes)

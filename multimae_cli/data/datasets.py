@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..config import workers_setting
 from ..errors import ConfigError
 from ..modality import Modality
 from .synthetic import render_scene
@@ -74,13 +75,15 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def loader_workers(setting: int | str) -> int:
-    """DataLoader processes for `data.workers`. `auto`: the CPUs this process may use (its affinity), shared
-    among the torchrun processes of this machine, less one for the training loop; at least 2, at most 16. A
-    GPU step outruns a couple of workers many times over (docs/performance.md)."""
+    """DataLoader processes for a `workers` setting (`config.workers_setting`). `auto`: the CPUs this process
+    may use (its affinity), shared among the torchrun processes of this machine, less one for the training
+    loop; at least 2, at most 16. A GPU step outruns a couple of workers many times over (docs/performance.md)."""
+    try:
+        setting = workers_setting(setting)
+    except ValueError as exc:
+        raise ConfigError(f"workers: {exc}") from None
     if setting != "auto":
-        if not str(setting).strip().isdigit():
-            raise ConfigError(f"workers: expected 'auto' or a number of loader processes >= 0, got {setting!r}")
-        return int(setting)
+        return setting
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
     per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return min(16, max(2, per_process - 1))
