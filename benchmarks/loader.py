@@ -7,6 +7,8 @@ The two loaders are timed in alternating rounds (ours, reference, reference, our
 median rate, so a load change on a shared machine hits both alike. `ours_worker_ms_per_sample` is what one of
 our workers spends per sample (read, augment, collate), timed in-process on one thread. Prints one JSON line.
     python benchmarks/loader.py [--n 256] [--size 224] [--workers 2] [--batch 32] [--rounds 5] [--device cpu]
+        [--rgb-format jpg]
+Scenes are stored at 256 px: rgb as JPEG (quality 95) like ImageNet's, or as PNG; depth and semseg as PNG.
 `--device cuda` moves each batch of ours to the GPU and normalises it there, as training on a GPU does.
 """
 
@@ -30,7 +32,7 @@ class PilTorchvisionDataset:
     """The reference pipeline: PIL decoding and torchvision.transforms.functional, as the official code."""
 
     def __init__(self, root: Path, size: int) -> None:
-        self.files = sorted((root / "rgb").rglob("*.png"))
+        self.files = sorted(path for path in (root / "rgb").rglob("*") if path.is_file())
         self.root, self.size = root, size
 
     def __len__(self) -> int:
@@ -42,8 +44,8 @@ class PilTorchvisionDataset:
 
         rel = self.files[index].relative_to(self.root / "rgb")
         rgb = Image.open(self.files[index]).convert("RGB")
-        depth = Image.open(self.root / "depth" / rel)
-        semseg = Image.open(self.root / "semseg" / rel)
+        depth = Image.open(self.root / "depth" / rel.with_suffix(".png"))
+        semseg = Image.open(self.root / "semseg" / rel.with_suffix(".png"))
         top, left, h, w = RandomResizedCrop.get_params(rgb, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
         flip = random.random() < 0.5
         size = [self.size, self.size]
@@ -104,6 +106,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="Where ours normalises each batch (training's device).")
+    parser.add_argument("--rgb-format", default="jpg", choices=("jpg", "png"),
+                        help="rgb files: JPEG as ImageNet (the official pretraining data) or PNG.")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -118,7 +122,7 @@ def main() -> None:
     modalities = {name: all_modalities[name] for name in ("rgb", "depth", "semseg")}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_synthetic(root, args.n, (256, 256), all_modalities, workers=args.workers)
+        write_synthetic(root, args.n, (256, 256), all_modalities, workers=args.workers, rgb_format=args.rgb_format)
         ours = FolderDataset(root, modalities, transform=MultiModalTransform(modalities, args.size))
         ours_cost = worker_cost(ours, args.batch)
         loaders = {"ours": make_loader(ours, args.batch, workers=args.workers,
@@ -137,7 +141,7 @@ def main() -> None:
         ours_rate, reference_rate = (statistics.median(rates[name]) for name in ("ours", "reference"))
     print(json.dumps({
         "benchmark": "loader", "samples": args.n, "size": args.size, "workers": args.workers, "batch": args.batch,
-        "device": args.device,
+        "device": args.device, "rgb_format": args.rgb_format,
         "ours_samples_per_s": round(ours_rate, 1), "pil_torchvision_samples_per_s": round(reference_rate, 1),
         "speedup": round(ours_rate / reference_rate, 2), "rounds": args.rounds,
         "ours_worker_ms_per_sample": round(ours_cost, 3),

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multimae_cli import MaskedL1, Modality, PatchInput, SpatialOutput, hookimpl
-from multimae_cli.io import read_array, read_image, write_array, write_image
+from multimae_cli.io import as_path, read_array, read_image, write_array, write_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def read(path: Path) -> np.ndarray:
     """(H, W) float32 in the file's units: a 16-bit (or 8-bit) single-channel PNG, or a `.npy` array."""
-    path = Path(path)
+    path = as_path(path)
     array = read_array(path) if path.suffix == ".npy" else read_image(path, color=False)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multimae_cli import MaskedL1, Modality, PatchInput, SpatialOutput, hookimpl
-from multimae_cli.io import read_array, read_image, write_array, write_image
+from multimae_cli.io import as_path, read_array, read_image, write_array, write_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,7 +24,7 @@ def read(path: Path) -> np.ndarray:
 
     from multimae_cli.errors import InputError
 
-    path = Path(path)
+    path = as_path(path)
     if path.suffix == ".npy":
         array = read_array(path).astype(np.float32)
     else:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multimae_cli import ClassEmbeddingInput, MaskedCrossEntropy, Modality, SpatialOutput, hookimpl
-from multimae_cli.io import read_array, read_labels, write_array, write_image, write_palette_png
+from multimae_cli.io import as_path, read_array, read_labels, write_array, write_image, write_palette_png
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,7 +25,7 @@ def read(path: Path) -> np.ndarray:
     widening a whole 8-bit map cost a tenth of a loader worker's time."""
     from multimae_cli.errors import InputError
 
-    path = Path(path)
+    path = as_path(path)
     labels = read_array(path) if path.suffix == ".npy" else read_labels(path)
     if labels.ndim != 2:
         raise InputError(f"{path}: a label map must have one channel, got shape {labels.shape}")

@@ -279,6 +279,24 @@ def test_cli_synth_check_and_refuse_overwrite(tmp_path):
     assert again.returncode == 2 and "already holds files" in again.stderr
     bad = run_cli("data", "synth", "--out", str(out), "--size", "12x", "--quiet")
     assert bad.returncode == 2 and "--size" in bad.stderr
+    bad = run_cli("data", "synth", "--out", str(out), "--rgb-format", "gif", "--quiet")
+    assert bad.returncode == 2 and "--rgb-format must be one of png, jpg, got 'gif'" in bad.stderr
+
+
+def test_synth_rgb_as_jpeg_and_overwrite_replaces_the_split(tmp_path, modalities):
+    """JPEG rgb pairs with PNG labels and reads back close to the render; an overwrite with fewer scenes and
+    another rgb format leaves exactly the new split (no stale scenes, no key twice), other files untouched."""
+    write_synthetic(tmp_path, 4, (32, 32), modalities, seed=1)
+    (tmp_path / "train/rgb/scenes/notes.txt").write_text("mine")
+    info = write_synthetic(tmp_path, 3, (32, 32), modalities, seed=1, overwrite=True, rgb_format="jpg")
+    assert info["splits"]["train"]["rgb"].startswith("JPEG, quality 95")
+    assert sorted(p.name for p in (tmp_path / "train/rgb/scenes").iterdir()) == [
+        "000000.jpg", "000001.jpg", "000002.jpg", "notes.txt"]
+    assert len(list((tmp_path / "train/depth/scenes").iterdir())) == 3
+    dataset = FolderDataset(tmp_path, only(modalities, "rgb", "depth", "semseg"))
+    assert len(dataset) == 3 and not dataset.index.duplicates
+    rendered = render_scene(1, 2, (32, 32))["rgb"].astype(np.float32)
+    assert np.abs(dataset.read(2)["rgb"].astype(np.float32) - rendered).mean() < 4.0
 
 
 def _png_row_filters(path, row_bytes: int) -> set[int]:

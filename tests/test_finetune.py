@@ -265,3 +265,26 @@ def test_finetune_from_timm_weights(tmp_path, encoder):
     summary = finetune(settings(tmp_path, task="depth", checkpoint=str(tmp_path / "vit.pth"), inputs=["rgb"],
                                 name="from-timm", head_options=SMALL_DPT, val_split=None, num_heads=2), quiet=True)
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
+
+
+def test_nan_loss_is_named_at_its_step_and_no_checkpoint_follows_it(tmp_path, encoder, monkeypatch):
+    """Losses are read at log steps and saves only: a bad step 3 is found at the save of step 4, which is not
+    written; the checkpoint of step 2 stays."""
+    from multimae_cli.train import checkpoint as ckpt
+    from multimae_cli.train import finetune as finetune_module
+    from multimae_cli.train.pretrain import TrainingStopped
+
+    real, calls = finetune_module.to_device, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        batch = real(*args, **kwargs)
+        return {name: tensor * float("nan") for name, tensor in batch.items()} if calls["n"] == 3 else batch
+
+    monkeypatch.setattr(finetune_module, "to_device", poisoned)
+    config = settings(tmp_path, name="nan", task="depth", checkpoint=str(encoder), inputs=["rgb"], steps=6,
+                      head_options=SMALL_DPT, val_split=None, checkpoint_every=2, log_every=4)
+    with pytest.raises(TrainingStopped, match=r"non-finite loss at step 3; the last good checkpoint is kept"):
+        finetune(config, quiet=True)
+    folder = ckpt.find_checkpoint(tmp_path / "runs" / "nan")
+    assert torch.load(folder / "state.pt", weights_only=True)["step"] == 2

@@ -176,7 +176,8 @@ def test_out_of_range_settings_name_the_key(assignment, message):
         load_pretrain_config(assignments=[assignment]).model_config_resolved()
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every", [2, 5])  # the bad step read at its own log step, or at the next save (8)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, log_every):
     real = pretrain_module.create_objective
 
     def poisoned(*args, **kwargs):
@@ -197,7 +198,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pretrain_module, "create_objective", poisoned)
     with pytest.raises(TrainingStopped, match=r"non-finite loss at step 6: rgb [\d.]+, depth nan, semseg [\d.]+"):
-        pretrain(tiny(tmp_path, name="nan", steps=12), quiet=True)
+        pretrain(tiny(tmp_path, name="nan", steps=12, log_every=log_every), quiet=True)
     folder = ckpt.find_checkpoint(tmp_path / "runs" / "nan")
     assert torch.load(folder / "state.pt", weights_only=True)["step"] == 4
     assert all(torch.isfinite(v).all() for v in load_model(folder / "model.safetensors").state_dict().values())
@@ -339,3 +340,18 @@ def test_checkpoints_by_steps_or_by_time(monkeypatch):
     for bad in ("0", "10 minutes", "0s"):
         with pytest.raises(ConfigError, match="checkpoint_every: expected a number of steps >= 1 or a duration"):
             load_pretrain_config(assignments=[f"checkpoint_every={bad}"])
+
+
+def test_loss_window_reads_once_and_names_the_first_bad_micro_batch():
+    from multimae_cli.train.window import LossWindow
+
+    window = LossWindow()
+    for step, value in [(1, 2.0), (1, 4.0), (2, 6.0)]:
+        window.add(step, {"loss": torch.tensor(value), "loss/rgb": torch.tensor(value / 2)})
+    assert window.settle() is None and window.pending == []
+    assert window.means() == {"loss": 4.0, "loss/rgb": 2.0} and window.means() == {}
+    window.add(3, {"loss": torch.tensor(1.0), "loss/rgb": torch.tensor(1.0)})
+    window.add(4, {"loss": torch.tensor(float("inf")), "loss/rgb": torch.tensor(1.0)})
+    window.add(5, {"loss": torch.tensor(float("nan")), "loss/rgb": torch.tensor(1.0)})
+    assert window.settle() == (4, {"loss": float("inf"), "loss/rgb": 1.0})
+    assert window.means() == {"loss": 1.0, "loss/rgb": 1.0}

@@ -36,6 +36,7 @@ from .distributed import DistInfo, EpochSampler, average, batches_from
 from .evaluate import eval_loader, evaluate
 from .optim import build_optimizer, build_schedule, optimizer_step
 from .pretrain import TrainingStopped, compiled, launch, progress_bar, resolve_precision, stops_saved
+from .window import LossWindow
 
 
 def checkpoint_config(config: FinetuneConfig):
@@ -224,7 +225,14 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     trained = compiled(trained, config)
     metric_kind = task.metrics(num_outputs)
 
+    def check_losses() -> None:
+        """Read the pending losses; stop at the first non-finite one (before any checkpoint of it)."""
+        bad = losses.settle()
+        if bad is not None:
+            raise TrainingStopped(f"non-finite loss at step {bad[0]}; the last good checkpoint is kept in {run}")
+
     def save(folder: str = ckpt.LAST) -> None:
+        check_losses()
         if info.is_main:
             extra = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "rng_cpu": torch.get_rng_state(), "best": best}
@@ -239,7 +247,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
 
     saves = ckpt.SaveSchedule(config, info, device)
     bar, handle = progress_bar("finetune", total_steps, step, disabled=quiet or not info.is_main)
-    losses: list[float] = []
+    losses = LossWindow()
     first_loss = last_loss = None
     evaluation: dict[str, float] = {}
     with bar, stops_saved(save, lambda: step, info, "finetune", run):
@@ -256,18 +264,14 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
             scaler.scale(loss).backward()
             optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
             step += 1
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingStopped(f"non-finite loss at step {step}; the last good checkpoint is kept "
-                                      f"in {run}")
-            losses.append(value)
+            losses.add(step, {"loss": loss})
             if step % config.log_every == 0 or step == total_steps:
-                record = average({"loss": sum(losses) / len(losses)}, info, device)
+                check_losses()
+                record = average(losses.means(), info, device)
                 first_loss = first_loss if first_loss is not None else record["loss"]
                 last_loss = record["loss"]
                 if info.is_main:
                     ckpt.append_metrics(run, {"step": step, **record, "lr": optimizer.param_groups[0]["lr"]})
-                losses = []
                 bar.update(handle, stats=f"loss {record['loss']:.4f}")
             bar.update(handle, completed=step)
             due = step == total_steps or step % config.eval_every == 0

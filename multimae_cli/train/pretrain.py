@@ -28,6 +28,7 @@ from ..model.masking import random_masks
 from . import checkpoint as ckpt
 from .distributed import DistInfo, EpochSampler, average, batches_from, setup, teardown
 from .optim import build_optimizer, build_schedule, optimizer_step
+from .window import LossWindow
 
 
 class TrainingStopped(MultiMAEError):
@@ -212,7 +213,17 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                                                             else None)
     trained = compiled(trained, config)
 
+    def check_losses() -> None:
+        """Read the window's pending losses; stop at the first non-finite one (before any checkpoint of it)."""
+        bad = window.settle()
+        if bad is not None:
+            bad_step, values = bad
+            detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in parts_of(values))
+            raise TrainingStopped(f"non-finite loss at step {bad_step}: {detail}; the last good "
+                                  f"checkpoint is kept in {run}")
+
     def save() -> None:
+        check_losses()
         if info.is_main:
             ckpt.save_checkpoint(run, model, {
                 "step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -225,7 +236,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
 
     saves = ckpt.SaveSchedule(config, info, device)
     bar, task = progress_bar("pretrain", total_steps, step, disabled=quiet or not info.is_main)
-    window: dict[str, list[float]] = {}
+    window = LossWindow()
     window_start, window_images = time.perf_counter(), 0
     first_loss = last_record = None
     micro = step * accum
@@ -241,21 +252,15 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                 loss, parts = trained(inputs, targets, masks)
                 scaler.scale(loss / accum).backward()
             micro += 1
-            numbers = torch.stack([loss.detach(), *(v.detach() for v in parts.values())]).tolist()
-            values = dict(zip(["loss", *(f"loss/{k}" for k in parts)], numbers, strict=True))
-            if not math.isfinite(values["loss"]):
-                detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in parts_of(values))
-                raise TrainingStopped(f"non-finite loss at step {step + 1}: {detail}; the last good "
-                                      f"checkpoint is kept in {run}")
-            for key, value in values.items():
-                window.setdefault(key, []).append(value)
+            window.add(step + 1, {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}})
             window_images += config.batch_size * info.world
             if not last_micro:
                 continue
             optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
             step += 1
             if step % config.log_every == 0 or step == total_steps:
-                record = average({k: sum(v) / len(v) for k, v in window.items()}, info, device)
+                check_losses()
+                record = average(window.means(), info, device)
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, **record, "lr": optimizer.param_groups[0]["lr"],
                           "img_per_s": window_images / elapsed}
@@ -265,7 +270,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                     ckpt.append_metrics(run, record)
                 bar.update(task, completed=step, stats=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
                                                       f"{record['img_per_s']:.1f} img/s")
-                window, window_start, window_images = {}, time.perf_counter(), 0
+                window_start, window_images = time.perf_counter(), 0
             else:
                 bar.update(task, completed=step)
             due = step == total_steps or (config.preview_every and step % config.preview_every == 0)
