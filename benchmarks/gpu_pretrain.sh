@@ -61,13 +61,15 @@ run 40 $bench --floor --peak-tflops "$peak"
 run 100 $bench --compile --ablate model-only-compile --ablate conv-patch-embed --peak-tflops "$peak"
 run 80 $bench --compile --ablate model-only-compile --peak-tflops "$peak"
 run 40 $bench --ablate conv-patch-embed --peak-tflops "$peak"
-chosen 7 || chosen 9 && scenes $jpg jpg
-run 100 $loop --compile --batch 256 --data $jpg --steps 150
-run 40 benchmarks/loader.py --device cuda --workers 15 --batch 64 --n 4096 --rounds 1 --rgb-format jpg
+chosen 7 || chosen 10 && scenes $jpg jpg
 run 100 $loop --compile --compile-mode reduce-overhead --batch 256 --data $jpg --steps 150
+run 60 $bench --compile --compile-mode reduce-overhead --from-files --peak-tflops "$peak"
+run 40 benchmarks/loader.py --device cuda --workers 15 --batch 64 --n 4096 --rounds 1 --rgb-format jpg
+run 100 $loop --compile --batch 256 --data $jpg --steps 150
 run 60 $bench --compile --peak-tflops "$peak"
 run 40 benchmarks/loader.py --device cuda --workers 15 --batch 64 --n 4096 --rounds 1 --rgb-format png
-chosen 12 && scenes $png png
+chosen 13 || chosen 14 && scenes $png png
+run 100 $loop --compile --compile-mode reduce-overhead --batch 256 --data $png --steps 150
 run 100 $loop --compile --batch 256 --data $png --steps 150
 run 80 $bench --compile --activation-checkpointing --peak-tflops "$peak"
 echo "done"

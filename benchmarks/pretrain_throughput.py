@@ -7,7 +7,10 @@ FLOPs per image (counted by torch's FlopCounterMode on the real forward) and MFU
     python benchmarks/pretrain_throughput.py [--preset base] [--batch N] [--device cpu|cuda]
         [--precision auto|bf16|fp16|fp32] [--compile] [--compile-mode reduce-overhead]
         [--activation-checkpointing] [--steps N] [--floor] [--peak-tflops 782]
-        [--ablate conv-patch-embed] [--ablate model-only-compile]
+        [--ablate conv-patch-embed] [--ablate model-only-compile] [--from-files]
+`--from-files` starts each step from a batch as the loader hands it over (uint8 rgb, depth in file units, class
+ids; in pinned host memory on a GPU machine) and times the transfer and each plugin's normalisation on the device
+too, as the training loop runs them: the most the loop can do when the data keeps up.
 Ablations put back what the fast path replaced, for the per-optimisation table: `conv-patch-embed` the
 official strided convolutions, `model-only-compile` compiles the model alone with the losses eager.
 """
@@ -25,6 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from multimae_cli import ModelConfig, create_model, create_objective
 from multimae_cli.config import OptimConfig
+from multimae_cli.data.transforms import to_device
+from multimae_cli.factory import resolve_modalities
 from multimae_cli.model import adapters
 from multimae_cli.model.losses import PretrainStep
 from multimae_cli.train.distributed import DistInfo
@@ -62,6 +67,14 @@ def inputs_for(config: ModelConfig, batch: int, device: torch.device) -> dict[st
             "semseg": torch.randint(0, 133, (batch, h // 4, w // 4), device=device)}
 
 
+def file_space_batch(config: ModelConfig, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch as the loader delivers it (before `to_device`)."""
+    h, w = config.image_size
+    host = {"rgb": torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8),
+            "depth": torch.rand(batch, 1, h, w) * 5000 + 500, "semseg": torch.randint(0, 133, (batch, h // 4, w // 4))}
+    return {name: tensor.pin_memory() for name, tensor in host.items()} if device.type == "cuda" else host
+
+
 def forward_flops(config: ModelConfig) -> float:
     model = create_model(config)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -70,8 +83,8 @@ def forward_flops(config: ModelConfig) -> float:
 
 
 def time_steps(config: ModelConfig, batch: int, device: torch.device, dtype, compile_mode: str | None,
-               steps: int, warmup: int, recompute: bool = False, ablate: tuple[str, ...] = ()
-               ) -> tuple[list[float], list[float]]:
+               steps: int, warmup: int, recompute: bool = False, ablate: tuple[str, ...] = (),
+               from_files: bool = False) -> tuple[list[float], list[float]]:
     """Seconds per training step, warm-up excluded (masks, masked forward, losses, backward, AdamW), and the
     loss of every step, warm-up included."""
     torch.manual_seed(0)
@@ -86,14 +99,18 @@ def time_steps(config: ModelConfig, batch: int, device: torch.device, dtype, com
     else:
         step = PretrainStep(model, objective, dtype)
         step = torch.compile(step, mode=None if compile_mode == "default" else compile_mode) if compile_mode else step
+    host = file_space_batch(config, batch, device) if from_files else None
+    modalities = resolve_modalities(config, names=list(host)) if host else {}
     data = inputs_for(config, batch, device)
-    inputs = {name: data[name] for name in config.inputs}
-    targets = {name: data[name] for name in objective.sources.values()}
     times, losses = [], []
     for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
+        if host is not None:
+            data = to_device(host, modalities, device, non_blocking=True)
+        inputs = {name: data[name] for name in config.inputs}
+        targets = {name: data[name] for name in objective.sources.values()}
         masks = micro_batch_masks(config, i, DistInfo(), batch, device, seed=0)
         loss, parts = step(inputs, targets, masks)
         scaler.scale(loss).backward()
@@ -123,6 +140,8 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="Also time batch 16 (CPU: 1): the host-overhead floor.")
     parser.add_argument("--compare-fp32", action="store_true",
                         help="Also run the same steps eager in fp32 and report the largest relative loss difference.")
+    parser.add_argument("--from-files", action="store_true",
+                        help="Start each step from a loader's file-space batch: transfer and normalisation timed.")
     parser.add_argument("--peak-tflops", type=float, help="The device's measured bf16 matmul peak, for MFU.")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -142,7 +161,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(device)
     warmup = 5 if on_gpu else 1
     times, losses = time_steps(config, batch, device, dtype, compile_mode, steps, warmup,
-                               recompute=args.activation_checkpointing, ablate=ablate)
+                               recompute=args.activation_checkpointing, ablate=ablate, from_files=args.from_files)
     median = statistics.median(times)
     flops = forward_flops(config)
     achieved = 3 * flops * batch / median  # forward + backward (2x forward)
@@ -151,7 +170,7 @@ def main() -> None:
         if on_gpu else "cpu", "threads": torch.get_num_threads(), "batch": batch,
         "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
         "compile": compile_mode or False, "ablate": list(ablate),
-        "activation_checkpointing": args.activation_checkpointing,
+        "activation_checkpointing": args.activation_checkpointing, "from_files": args.from_files,
         "steps": steps, "ms_per_step": round(median * 1e3, 1), "img_per_s": round(batch / median, 1),
         "gflop_fwd_per_img": round(flops / 1e9, 2), "tflops": round(achieved / 1e12, 2), "torch": torch.__version__,
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -131,8 +133,8 @@ def test_synthetic_dataset_matches_render(modalities):
     transformed = SyntheticDataset(modalities, 4, 64, MultiModalTransform(modalities, 32), seed=3)
     a, b = transformed[2], transformed[2]
     assert all(torch.equal(a[n], b[n]) for n in NAMES)  # augmentation is a function of (seed, epoch, index)
-    transformed.set_epoch(1)
-    assert not torch.equal(transformed[2]["rgb"], a["rgb"])
+    assert torch.equal(transformed[(0, 2)]["rgb"], a["rgb"])  # a plain index is epoch 0
+    assert not torch.equal(transformed[(1, 2)]["rgb"], a["rgb"])
     assert set(collate([a, b])) == set(NAMES)
 
 
@@ -353,3 +355,22 @@ def test_auto_workers_follow_the_cpus_this_process_may_use(monkeypatch):
     with pytest.raises(ConfigError) as error:
         load_pretrain_config(assignments=["data.workers=many"])
     assert str(error.value) == "data.workers: expected 'auto' or a number of loader processes >= 0, got 'many'"
+
+
+def test_loader_workers_run_opencv_on_one_thread_even_after_the_parent_used_its_pool():
+    """A worker calling cv2.setNumThreads after a fork from a process that had run OpenCV's thread pool hung for
+    ever; now the parent sets the workers' OpenCV threads around their start. In a subprocess: a hang fails here
+    by timeout instead of stalling the suite."""
+    code = """
+import cv2, numpy as np, torch
+from multimae_cli.data.datasets import make_loader
+cv2.setNumThreads(2)
+cv2.resize(np.zeros((1500, 1500, 3), np.uint8), (700, 700), interpolation=cv2.INTER_CUBIC)  # starts the pool
+class Threads:
+    def __len__(self): return 4
+    def __getitem__(self, i): return {"threads": torch.tensor(cv2.getNumThreads())}
+print([b["threads"].tolist() for b in make_loader(Threads(), 2, workers=2)], cv2.getNumThreads())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[[1,", "1],", "[1,", "1]]", "2"]

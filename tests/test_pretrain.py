@@ -17,6 +17,7 @@ import torch
 from conftest import run_cli
 
 from multimae_cli.config import PretrainConfig, load_pretrain_config
+from multimae_cli.data.folder import epoch_and_index
 from multimae_cli.errors import ConfigError, InputError
 from multimae_cli.formats import load_model
 from multimae_cli.train import checkpoint as ckpt
@@ -355,3 +356,37 @@ def test_loss_window_reads_once_and_names_the_first_bad_micro_batch():
     window.add(5, {"loss": torch.tensor(float("nan")), "loss/rgb": torch.tensor(1.0)})
     assert window.settle() == (4, {"loss": float("inf"), "loss/rgb": 1.0})
     assert window.means() == {"loss": 1.0, "loss/rgb": 1.0}
+
+
+class _Items:
+    """A dataset whose samples are their own `(epoch, index)` item."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, item):
+        return {"item": torch.tensor(epoch_and_index(item))}
+
+
+def test_sampler_runs_across_epochs_resumes_anywhere_and_reaches_persistent_workers():
+    from multimae_cli.data.datasets import make_loader
+    from multimae_cli.train.distributed import DistInfo, EpochSampler
+
+    def items(sampler, count):
+        iterator = iter(sampler)
+        return [next(iterator) for _ in range(count)]
+
+    one = DistInfo(rank=0, world=1, local_rank=0)
+    sampler = EpochSampler(7, 3, one, seed=5)  # 2 batches per epoch, sample 7 of each epoch left out
+    straight = items(sampler, 18)
+    assert [epoch for epoch, _ in straight] == [0] * 6 + [1] * 6 + [2] * 6
+    assert [index for _, index in straight[:6]] != [index for _, index in straight[6:12]]  # reshuffled
+    sampler.start_at(3)  # global batch 3: the second batch of epoch 1
+    assert items(sampler, 9) == straight[9:]
+    ranks = [EpochSampler(7, 1, DistInfo(rank=r, world=3, local_rank=r), seed=5) for r in range(3)]
+    per_rank = zip(*(items(rank, 6) for rank in ranks), strict=True)  # one sample of each global batch per rank
+    assert [item for batch in per_rank for item in batch] == straight
+
+    loader = make_loader(_Items(), 3, sampler=EpochSampler(6, 3, one, seed=0), workers=2)
+    batches = [batch["item"] for _, batch in zip(range(6), loader, strict=False)]
+    assert [batch[:, 0].tolist() for batch in batches] == [[0] * 3] * 2 + [[1] * 3] * 2 + [[2] * 3] * 2

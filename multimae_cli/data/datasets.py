@@ -11,6 +11,7 @@ import torch
 from ..config import workers_setting
 from ..errors import ConfigError
 from ..modality import Modality
+from .folder import epoch_and_index
 from .synthetic import render_scene
 
 
@@ -18,7 +19,7 @@ class SyntheticDataset:
     """`length` procedural scenes rendered on the fly at `render_size`, for the requested modalities.
 
     Scene `i` is the same for every epoch (a fixed training set); the augmentation draws from
-    `(seed, epoch, i)`.
+    `(seed, epoch, i)`, the item being `i` (epoch 0) or `(epoch, i)` (`epoch_and_index`).
     """
 
     def __init__(self, modalities: Mapping[str, Modality], length: int, render_size: int | tuple[int, int],
@@ -32,23 +33,22 @@ class SyntheticDataset:
                              f"(they render {', '.join(sorted(available))})")
         self.modalities = dict(modalities)
         self.length, self.render_size, self.transform = length, render_size, transform
-        self.seed, self.epoch = seed, 0
+        self.seed = seed
 
     def __len__(self) -> int:
         return self.length
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def read(self, index: int) -> dict[str, np.ndarray]:
         scene = render_scene(self.seed, index, self.render_size)
         return {name: scene[name] for name in self.modalities}
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        epoch, index = epoch_and_index(item)
         sample = self.read(index)
         if self.transform is None:
             return sample
-        return self.transform(sample, np.random.default_rng([self.seed, self.epoch, index]))
+        return self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
+
 
 
 def collate(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -67,11 +67,26 @@ def collate(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Te
     return batch
 
 
-def _worker_init(_worker_id: int) -> None:
-    """One thread per worker: the workers already use every core, OpenCV's own pool would oversubscribe."""
-    import cv2
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose worker processes run OpenCV on one thread each: the workers already use every core,
+    OpenCV's own pool in each would oversubscribe them.
 
-    cv2.setNumThreads(1)
+    The setting is made in this process around the workers' start (they inherit it) and then restored, not in
+    each worker: `cv2.setNumThreads` in a forked worker whose parent had already run OpenCV's thread pool waits
+    forever for threads that do not exist in the child (a fine-tuning run's second evaluation hung so).
+    """
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        import cv2
+
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            return super().__iter__()
+        finally:
+            cv2.setNumThreads(threads)
 
 
 def loader_workers(setting: int | str) -> int:
@@ -94,13 +109,12 @@ def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = True,
     """A DataLoader with the given sampler, else a DistributedSampler when torch.distributed is initialised,
     else a seeded order."""
     import torch.distributed as dist
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+    from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
     if sampler is None and dist.is_available() and dist.is_initialized():
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif sampler is None:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle \
             else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      drop_last=drop_last, pin_memory=pin_memory, persistent_workers=workers > 0,
-                      worker_init_fn=_worker_init if workers > 0 else None)
+    return Loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                  drop_last=drop_last, pin_memory=pin_memory, persistent_workers=workers > 0)

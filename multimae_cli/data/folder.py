@@ -86,19 +86,27 @@ def read_checked(path: Path, modality: Modality) -> np.ndarray:
     return array
 
 
+def epoch_and_index(item: int | tuple[int, int]) -> tuple[int, int]:
+    """A dataset item: an index (epoch 0) or an `(epoch, index)` pair, as the training sampler yields them. The
+    epoch travels with each index because a persistent loader worker keeps the copy of the dataset it started
+    with: an epoch set on the dataset in the training process later would never reach it."""
+    return item if isinstance(item, tuple) else (0, item)
+
+
 class FolderDataset:
     """An indexable dataset of `{modality: tensor}` samples read from a multi-modal folder.
 
-    Augmentation randomness is a pure function of `(seed, epoch, index)`, so runs repeat exactly and resume
-    mid-epoch. With `skip_bad`, samples lacking a modality are left out and an unreadable sample is replaced
-    by the next readable one (both counted in `skipped`); otherwise each is a one-line error naming the file.
+    Augmentation randomness is a pure function of `(seed, epoch, index)` (items are indices or `(epoch, index)`
+    pairs: `epoch_and_index`), so runs repeat exactly and resume mid-epoch. With `skip_bad`, samples lacking a
+    modality are left out and an unreadable sample is replaced by the next readable one (both counted in
+    `skipped`); otherwise each is a one-line error naming the file.
     """
 
     def __init__(self, root: str | Path, modalities: Mapping[str, Modality], split: str = "train",
                  transform=None, skip_bad: bool = False, seed: int = 0) -> None:
         self.modalities = dict(modalities)
         self.index = scan_split(Path(root) / split, self.modalities)
-        self.transform, self.skip_bad, self.seed, self.epoch = transform, skip_bad, seed, 0
+        self.transform, self.skip_bad, self.seed = transform, skip_bad, seed
         self.skipped = sum(len(keys) for keys in self.index.missing.values()) if skip_bad else 0
         if self.index.missing and not skip_bad:
             name, keys = next(iter(self.index.missing.items()))
@@ -111,14 +119,12 @@ class FolderDataset:
     def __len__(self) -> int:
         return len(self.index.keys)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def read(self, index: int) -> dict[str, np.ndarray]:
         key = self.index.keys[index]
         return {name: read_checked(self.index.files[name][key], m) for name, m in self.modalities.items()}
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        epoch, index = epoch_and_index(item)
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)
             try:
@@ -132,4 +138,4 @@ class FolderDataset:
             raise InputError(f"{self.index.root}: no readable sample")
         if self.transform is None:
             return sample
-        return self.transform(sample, np.random.default_rng([self.seed, self.epoch, index]))
+        return self.transform(sample, np.random.default_rng([self.seed, epoch, index]))

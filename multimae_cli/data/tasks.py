@@ -16,7 +16,7 @@ from ..config import FinetuneConfig
 from ..errors import InputError
 from ..task import Task
 from .datasets import SyntheticDataset
-from .folder import FolderDataset
+from .folder import FolderDataset, epoch_and_index
 from .transforms import MultiModalTransform, to_tensor
 
 TARGET = "target"
@@ -44,7 +44,6 @@ class TaskDataset:
             if train:
                 transformed[TARGET] = self.target_modality
         self.transform = MultiModalTransform(transformed, size, train=train, scale=crop_scale, hflip=hflip)
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.source)
@@ -59,17 +58,15 @@ class TaskDataset:
             raise InputError(f"{name}: label {int(bad.max())} outside the {self.num_classes} classes of task "
                              f"{self.task.name!r} (ids 0-{limit - 1}, 255 ignored; set num_classes?)")
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = epoch_and_index(item)
         raw = self.source.read(index)
         sample = {name: raw[name] for name in self.inputs}
         if self.task.target is not None and self.train:
             sample[TARGET] = raw[self.task.target]
         if self.target_modality is not None and self.target_modality.kind == "labels" and self.num_classes:
             self._check_labels(raw[self.task.target], index)
-        out = self.transform(sample, np.random.default_rng([self.seed, self.epoch, index]))
+        out = self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
         if self.task.target is None:
             out[TARGET] = torch.tensor(self.classes.index(self.source.index.keys[index].split("/")[0]))
         elif not self.train:

@@ -7,7 +7,7 @@ process. gloo on CPU, nccl on GPU.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -49,16 +49,20 @@ def average(values: dict[str, float], info: DistInfo, device: torch.device) -> d
     return dict(zip(values, (tensor / info.world).tolist(), strict=True))
 
 
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """Sample order as a pure function of (seed, epoch), resumable at any batch.
+class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """`(epoch, index)` items, epoch after epoch without end, from a start batch of the run on; the order of an
+    epoch is a pure function of (seed, epoch), so a resumed run continues exactly.
 
-    Each global batch of `world * batch_size` samples is split in contiguous per-rank chunks, so rank r sees
-    the same samples, in the same batch positions, as rows [r*B, (r+1)*B) of a single process's global batch.
+    One loader iterator serves the whole run: the workers' prefetch queue never drains at an epoch boundary (a
+    new iterator per epoch stalled the GPU while every worker built its first batch again), and the epoch reaches
+    the workers with each index (see `epoch_and_index`). Each global batch of `world * batch_size` samples is split
+    in contiguous per-rank chunks, so rank r sees the same samples, in the same batch positions, as rows
+    [r*B, (r+1)*B) of a single process's global batch.
     """
 
     def __init__(self, length: int, batch_size: int, info: DistInfo, seed: int, shuffle: bool = True) -> None:
         self.length, self.batch_size, self.info, self.seed, self.shuffle = length, batch_size, info, seed, shuffle
-        self.epoch, self.start_batch = 0, 0
+        self.start = 0
         if self.batches_per_epoch == 0:
             from ..errors import InputError
 
@@ -69,29 +73,19 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def batches_per_epoch(self) -> int:
         return self.length // (self.batch_size * self.info.world)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+    def start_at(self, position: int) -> None:
+        """Begin at global batch `position` of the run (counted over all epochs)."""
+        self.start = position
 
-    def __iter__(self):
-        if self.shuffle:
-            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(self.length)
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, first = divmod(self.start, self.batches_per_epoch)
         global_batch = self.batch_size * self.info.world
-        for batch in range(self.start_batch, self.batches_per_epoch):
-            start = batch * global_batch + self.info.rank * self.batch_size
-            yield from order[start:start + self.batch_size].tolist()
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
-
-
-def batches_from(position: int, loader: Iterable, sampler: EpochSampler, dataset) -> Iterator:
-    """The loader's batches from batch `position` of the run on, epoch after epoch without end: the sampler and
-    dataset learn each epoch (and where in it to start), so a resumed run continues exactly."""
-    epoch, start = divmod(position, sampler.batches_per_epoch)
-    while True:
-        sampler.set_epoch(epoch, start)
-        dataset.set_epoch(epoch)
-        yield from loader
-        epoch, start = epoch + 1, 0
+        while True:
+            if self.shuffle:
+                order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch))
+            else:
+                order = torch.arange(self.length)
+            for batch in range(first, self.batches_per_epoch):
+                start = batch * global_batch + self.info.rank * self.batch_size
+                yield from ((epoch, index) for index in order[start:start + self.batch_size].tolist())
+            epoch, first = epoch + 1, 0

@@ -60,10 +60,12 @@ def shard(length: int, info: DistInfo) -> list[int]:
 
 
 def eval_loader(dataset, batch_size: int, info: DistInfo, workers: int):
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import Subset
 
-    return DataLoader(Subset(dataset, shard(len(dataset), info)), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=eval_collate)
+    from ..data.datasets import Loader
+
+    return Loader(Subset(dataset, shard(len(dataset), info)), batch_size=batch_size, shuffle=False,
+                  num_workers=workers, collate_fn=eval_collate)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "val",

@@ -32,7 +32,7 @@ from ..factory import create_model, resolve_modalities
 from ..registry import get_registry
 from ..task import Task, build_task_model
 from . import checkpoint as ckpt
-from .distributed import DistInfo, EpochSampler, average, batches_from
+from .distributed import DistInfo, EpochSampler, average
 from .evaluate import eval_loader, evaluate
 from .optim import build_optimizer, build_schedule, optimizer_step
 from .pretrain import TrainingStopped, compiled, launch, progress_bar, resolve_precision, stops_saved
@@ -251,7 +251,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     first_loss = last_loss = None
     evaluation: dict[str, float] = {}
     with bar, stops_saved(save, lambda: step, info, "finetune", run):
-        for batch in batches_from(step, loader, sampler, dataset) if step < total_steps else ():
+        sampler.start_at(step)
+        for batch in loader if step < total_steps else ():
             inputs_batch = to_device({k: v for k, v in batch.items() if k != TARGET},
                                      dataset.input_modalities, device, non_blocking=True)
             target = prepare_target(task, batch[TARGET], scale, zero).to(device, non_blocking=True)

@@ -26,7 +26,7 @@ from ..factory import create_model, create_objective, resolve_modalities
 from ..model.losses import PretrainStep
 from ..model.masking import random_masks
 from . import checkpoint as ckpt
-from .distributed import DistInfo, EpochSampler, average, batches_from, setup, teardown
+from .distributed import DistInfo, EpochSampler, average, setup, teardown
 from .optim import build_optimizer, build_schedule, optimizer_step
 from .window import LossWindow
 
@@ -241,7 +241,8 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     first_loss = last_record = None
     micro = step * accum
     with bar, stops_saved(save, lambda: step, info, "pretrain", run):
-        for batch in batches_from(micro, loader, sampler, dataset) if step < total_steps else ():
+        sampler.start_at(micro)
+        for batch in loader if step < total_steps else ():
             batch = to_device(batch, modalities, device, non_blocking=True)
             masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
             inputs = {name: batch[name] for name in model_config.inputs}
