@@ -51,7 +51,8 @@ def main() -> None:
                             {name: registry.modality(name) for name in MODALITIES}, workers=max(1, args.workers),
                             rgb_format=args.rgb_format)
         render_s = time.perf_counter() - start
-        scenes = sum(1 for path in (root / "train" / "rgb").rglob("*") if path.is_file())
+        rgb_files = [path for path in (root / "train" / "rgb").rglob("*") if path.is_file()]
+        scenes, rgb_format = len(rgb_files), rgb_files[0].suffix.lstrip(".")
         config = PretrainConfig(
             preset=args.preset, model={}, batch_size=args.batch, steps=args.steps, log_every=args.log_every,
             compile=args.compile, compile_mode=args.compile_mode, preview_every=0, checkpoint_every=10**9,
@@ -63,7 +64,7 @@ def main() -> None:
     rates = [record["img_per_s"] for record in records[1:]]
     print(json.dumps({
         "benchmark": "pretrain_loop", "preset": args.preset, "batch": args.batch, "workers": args.workers,
-        "compile": args.compile, "compile_mode": args.compile_mode, "rgb_format": args.rgb_format,
+        "compile": args.compile, "compile_mode": args.compile_mode, "rgb_format": rgb_format,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "data": args.data or "rendered", "scenes": scenes, "stored_size": args.size, "steps": args.steps,
         "render_s": round(render_s, 1),

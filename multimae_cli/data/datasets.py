@@ -73,7 +73,8 @@ class Loader(torch.utils.data.DataLoader):
 
     The setting is made in this process around the workers' start (they inherit it) and then restored, not in
     each worker: `cv2.setNumThreads` in a forked worker whose parent had already run OpenCV's thread pool waits
-    forever for threads that do not exist in the child (a fine-tuning run's second evaluation hung so).
+    forever for threads that do not exist in the child (a loader started in a process that had already run a
+    pretraining, whose previews used OpenCV, hung so).
     """
 
     def __iter__(self):
