@@ -31,6 +31,10 @@ class PluginError(MultiMAEError, RuntimeError):
     """A plugin could not be loaded or breaks the plugin contract."""
 
 
+class TrainingStopped(MultiMAEError):
+    """The run stopped early (non-finite loss, interruption); its last good checkpoint is kept."""
+
+
 def one_line(exc: BaseException) -> str:
     """The error's message; one re-raised from a DataLoader worker carries the worker's traceback, of which the
     last line holds the original message."""

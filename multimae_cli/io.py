@@ -114,8 +114,11 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     suffix = path.suffix or ".png"
-    params = {".png": _png_params(sixteen_bit=image.dtype.itemsize == 2), ".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95],
-              ".jpeg": [cv2.IMWRITE_JPEG_QUALITY, 95]}.get(suffix.lower(), [])
+    params = []
+    if suffix.lower() == ".png":
+        params = _png_params(sixteen_bit=image.dtype.itemsize == 2)
+    elif suffix.lower() in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
     ok, encoded = cv2.imencode(suffix, image, params)
     if not ok:
         raise InputError(f"{path}: cannot encode a {image.dtype} image of shape {image.shape} as {path.suffix}")

@@ -50,7 +50,6 @@ class SyntheticDataset:
         return self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
 
 
-
 def collate(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack a list of `{modality: tensor}` samples into one batch dict. In a DataLoader worker each batch is
     stacked straight into shared memory (as torch's default collate does), saving a copy on its way out."""

@@ -35,7 +35,7 @@ from . import checkpoint as ckpt
 from .distributed import DistInfo, EpochSampler, average
 from .evaluate import eval_loader, evaluate
 from .optim import build_optimizer, build_schedule, optimizer_step
-from .pretrain import TrainingStopped, compiled, launch, progress_bar, resolve_precision, stops_saved
+from .pretrain import compiled, launch, progress_bar, resolve_precision, stops_saved
 from .window import LossWindow
 
 
@@ -225,14 +225,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     trained = compiled(trained, config)
     metric_kind = task.metrics(num_outputs)
 
-    def check_losses() -> None:
-        """Read the pending losses; stop at the first non-finite one (before any checkpoint of it)."""
-        bad = losses.settle()
-        if bad is not None:
-            raise TrainingStopped(f"non-finite loss at step {bad[0]}; the last good checkpoint is kept in {run}")
-
     def save(folder: str = ckpt.LAST) -> None:
-        check_losses()
+        losses.check(run)
         if info.is_main:
             extra = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "rng_cpu": torch.get_rng_state(), "best": best}
@@ -267,7 +261,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
             step += 1
             losses.add(step, {"loss": loss})
             if step % config.log_every == 0 or step == total_steps:
-                check_losses()
+                losses.check(run)
                 record = average(losses.means(), info, device)
                 first_loss = first_loss if first_loss is not None else record["loss"]
                 last_loss = record["loss"]

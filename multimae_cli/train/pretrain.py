@@ -21,7 +21,7 @@ from ..config import PretrainConfig, RunConfig
 from ..data.datasets import SyntheticDataset, loader_workers, make_loader
 from ..data.folder import FolderDataset
 from ..data.transforms import MultiModalTransform, to_device
-from ..errors import ConfigError, MultiMAEError, one_line
+from ..errors import ConfigError, MultiMAEError, TrainingStopped, one_line
 from ..factory import create_model, create_objective, resolve_modalities
 from ..model.losses import PretrainStep
 from ..model.masking import random_masks
@@ -29,10 +29,6 @@ from . import checkpoint as ckpt
 from .distributed import DistInfo, EpochSampler, average, setup, teardown
 from .optim import build_optimizer, build_schedule, optimizer_step
 from .window import LossWindow
-
-
-class TrainingStopped(MultiMAEError):
-    """The run stopped early (non-finite loss, interruption); its last good checkpoint is kept."""
 
 
 @contextlib.contextmanager
@@ -124,11 +120,6 @@ def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path
     write_image(path, preview_grid(rows, drawable, cell=cell))
 
 
-def parts_of(values: dict[str, float]):
-    """The per-modality entries of a loss record."""
-    return [(key, value) for key, value in values.items() if key.startswith("loss/")]
-
-
 def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns a summary. Writes `runs/<name>/` on rank 0."""
     return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info))
@@ -213,17 +204,8 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                                                             else None)
     trained = compiled(trained, config)
 
-    def check_losses() -> None:
-        """Read the window's pending losses; stop at the first non-finite one (before any checkpoint of it)."""
-        bad = window.settle()
-        if bad is not None:
-            bad_step, values = bad
-            detail = ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in parts_of(values))
-            raise TrainingStopped(f"non-finite loss at step {bad_step}: {detail}; the last good "
-                                  f"checkpoint is kept in {run}")
-
     def save() -> None:
-        check_losses()
+        window.check(run)
         if info.is_main:
             ckpt.save_checkpoint(run, model, {
                 "step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -260,7 +242,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
             optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
             step += 1
             if step % config.log_every == 0 or step == total_steps:
-                check_losses()
+                window.check(run)
                 record = average(window.means(), info, device)
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, **record, "lr": optimizer.param_groups[0]["lr"],

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
+
+from ..errors import TrainingStopped
 
 
 class LossWindow:
@@ -43,6 +46,16 @@ class LossWindow:
             for name, value in values.items():
                 self.values.setdefault(name, []).append(value)
         return None
+
+    def check(self, run: Path) -> None:
+        """`settle`, and stop the run at a non-finite micro-batch, naming its step and each loss term."""
+        bad = self.settle()
+        if bad is not None:
+            step, values = bad
+            terms = ", ".join(f"{name.removeprefix('loss/')} {value:.4g}" for name, value in values.items()
+                              if name.startswith("loss/"))
+            raise TrainingStopped(f"non-finite loss at step {step}{': ' + terms if terms else ''}; the last good "
+                                  f"checkpoint is kept in {run}")
 
     def means(self) -> dict[str, float]:
         """The mean of each value over the settled micro-batches, and a new, empty window."""
