@@ -188,7 +188,8 @@ class RunConfig(BaseModel):
     epochs: Positive | None = None
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = False
-    # reduce-overhead: CUDA graphs too, for small per-GPU batches where launching kernels costs more than running them
+    # reduce-overhead: CUDA graphs too (one process): kernel launches cost the host almost nothing, which matters
+    # for small batches and leaves the CPUs to the loader (docs/performance.md)
     compile_mode: Literal["default", "reduce-overhead"] = "default"
     activation_checkpointing: bool = False  # recompute encoder activations in backward: less memory, more compute
     device: Literal["auto", "cpu", "cuda"] = "auto"
