@@ -390,3 +390,24 @@ def test_sampler_runs_across_epochs_resumes_anywhere_and_reaches_persistent_work
     loader = make_loader(_Items(), 3, sampler=EpochSampler(6, 3, one, seed=0), workers=2)
     batches = [batch["item"] for _, batch in zip(range(6), loader, strict=False)]
     assert [batch[:, 0].tolist() for batch in batches] == [[0] * 3] * 2 + [[1] * 3] * 2 + [[2] * 3] * 2
+
+
+def test_resume_in_a_later_epoch_with_loader_workers_is_exact(tmp_path, monkeypatch):
+    """With worker processes (which keep their copy of the dataset), a run stopped at step 6 of 4-batch epochs and
+    resumed trains exactly like one that was never stopped: each epoch's augmentation reaches the workers."""
+    settings = {"steps": 10, "checkpoint_every": 100, "data": {"synthetic_scenes": 16, "workers": 2}}
+    pretrain(tiny(tmp_path, name="whole", **settings), quiet=True)
+    original = ckpt.append_metrics
+
+    def interrupt_at_step_6(run, record):
+        original(run, record)
+        if record["step"] == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "append_metrics", interrupt_at_step_6)
+    with pytest.raises(TrainingStopped, match="interrupted at step 6"):
+        pretrain(tiny(tmp_path, name="resumed", **settings), quiet=True)
+    monkeypatch.setattr(ckpt, "append_metrics", original)
+    pretrain(tiny(tmp_path, name="resumed", **settings), resume=tmp_path / "runs" / "resumed", quiet=True)
+    whole, resumed = weights(tmp_path / "runs" / "whole"), weights(tmp_path / "runs" / "resumed")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
