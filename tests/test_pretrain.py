@@ -113,6 +113,53 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert_same_training(weights(tmp_path / "runs" / "single"), weights(tmp_path / "runs" / "ddp"))
 
 
+POISON_RANK_0 = """
+import os
+from multimae_cli.cli import main
+from multimae_cli.train import pretrain
+
+real = pretrain.create_objective
+
+
+def poisoned(*args, **kwargs):  # rank 0's loss is NaN at its 4th micro-batch only
+    objective, calls = real(*args, **kwargs), {"n": 0}
+    forward = objective.forward
+
+    def forward_with_nan(preds, targets, masks=None):
+        calls["n"] += 1
+        total, parts = forward(preds, targets, masks)
+        return (total * float("nan") if calls["n"] == 4 and os.environ["RANK"] == "0" else total), parts
+
+    objective.forward = forward_with_nan
+    return objective
+
+
+pretrain.create_objective = poisoned
+main()
+"""
+
+
+def test_ddp_nan_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 0 alone sees a NaN loss at step 4: both ranks stop at the log step naming step 4 (a rank stopping
+    alone left the other waiting in its next collective until the timeout), the step-2 checkpoint is kept."""
+    script = tmp_path / "poisoned.py"
+    script.write_text(POISON_RANK_0)
+    args = ["--set", f"model={json.dumps(TINY['model'])}", "--set", f"data={json.dumps(TINY['data'])}",
+            "--set", "batch_size=4", "--set", "log_every=2", "--set", "checkpoint_every=2", "--set", "preview_every=0",
+            "--steps", "8", "--device", "cpu"]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", str(script),
+         "pretrain", "--quiet", "--name", "nan", "--out", str(tmp_path / "runs"), *args],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    stops = re.findall(r"error: non-finite loss at step (\d+): (on another rank|rgb [^;]*);", result.stderr)
+    assert len(stops) == 2 and {step for step, _ in stops} == {"4"}, result.stderr[-3000:]
+    own, other = sorted((terms for _, terms in stops), key=lambda terms: terms == "on another rank")
+    assert other == "on another rank" and own.startswith("rgb ") and "depth " in own
+    folder = ckpt.find_checkpoint(tmp_path / "runs" / "nan")
+    assert torch.load(folder / "state.pt", weights_only=True)["step"] == 2
+
+
 def assert_same_training(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:
     """Weights of two runs that differ only in summation order: all within 1e-5, but for rare elements.
 

@@ -241,7 +241,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
 
     saves = ckpt.SaveSchedule(config, info, device)
     bar, handle = progress_bar("finetune", total_steps, step, disabled=quiet or not info.is_main)
-    losses = LossWindow()
+    losses = LossWindow(device)
     first_loss = last_loss = None
     evaluation: dict[str, float] = {}
     with bar, stops_saved(save, lambda: step, info, "finetune", run):

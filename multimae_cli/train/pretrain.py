@@ -218,7 +218,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
 
     saves = ckpt.SaveSchedule(config, info, device)
     bar, task = progress_bar("pretrain", total_steps, step, disabled=quiet or not info.is_main)
-    window = LossWindow()
+    window = LossWindow(device)
     window_start, window_images = time.perf_counter(), 0
     first_loss = last_record = None
     micro = step * accum

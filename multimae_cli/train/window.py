@@ -21,7 +21,8 @@ class LossWindow:
     checkpoint is written after it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.names: list[str] = []
         self.pending: list[tuple[int, torch.Tensor]] = []
         self.values: dict[str, list[float]] = {}
@@ -48,14 +49,25 @@ class LossWindow:
         return None
 
     def check(self, run: Path) -> None:
-        """`settle`, and stop the run at a non-finite micro-batch, naming its step and each loss term."""
+        """`settle`, and stop the run at a non-finite micro-batch, naming its step and each loss term. Under
+        torch.distributed every rank stops at the earliest bad step of any rank (one that went on alone would wait
+        for the others in its next collective until the timeout): every rank must call this at the same points."""
+        import torch.distributed as dist
+
         bad = self.settle()
-        if bad is not None:
-            step, values = bad
-            terms = ", ".join(f"{name.removeprefix('loss/')} {value:.4g}" for name, value in values.items()
+        step = bad[0] if bad is not None else math.inf
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            earliest = torch.tensor([float(step)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(earliest, op=dist.ReduceOp.MIN)
+            step = earliest.item()
+        if step == math.inf:
+            return
+        terms = "on another rank"
+        if bad is not None and bad[0] == step:
+            terms = ", ".join(f"{name.removeprefix('loss/')} {value:.4g}" for name, value in bad[1].items()
                               if name.startswith("loss/"))
-            raise TrainingStopped(f"non-finite loss at step {step}{': ' + terms if terms else ''}; the last good "
-                                  f"checkpoint is kept in {run}")
+        raise TrainingStopped(f"non-finite loss at step {int(step)}{': ' + terms if terms else ''}; the last good "
+                              f"checkpoint is kept in {run}")
 
     def means(self) -> dict[str, float]:
         """The mean of each value over the settled micro-batches, and a new, empty window."""
