@@ -357,20 +357,35 @@ def test_auto_workers_follow_the_cpus_this_process_may_use(monkeypatch):
     assert str(error.value) == "data.workers: expected 'auto' or a number of loader processes >= 0, got 'many'"
 
 
-def test_loader_workers_run_opencv_on_one_thread_even_after_the_parent_used_its_pool():
-    """A worker calling cv2.setNumThreads after a fork from a process that had run OpenCV's thread pool hung for
-    ever; now the parent sets the workers' OpenCV threads around their start. In a subprocess: a hang fails here
-    by timeout instead of stalling the suite."""
-    code = """
+LOADER_THREADS = """
+import sys
 import cv2, numpy as np, torch
-from multimae_cli.data.datasets import make_loader
-cv2.setNumThreads(2)
-cv2.resize(np.zeros((1500, 1500, 3), np.uint8), (700, 700), interpolation=cv2.INTER_CUBIC)  # starts the pool
+from multimae_cli.data.datasets import Loader, collate
+
+
 class Threads:
-    def __len__(self): return 4
-    def __getitem__(self, i): return {"threads": torch.tensor(cv2.getNumThreads())}
-print([b["threads"].tolist() for b in make_loader(Threads(), 2, workers=2)], cv2.getNumThreads())
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"threads": torch.tensor(cv2.getNumThreads())}
+
+
+if __name__ == "__main__":
+    cv2.setNumThreads(2)
+    cv2.resize(np.zeros((1500, 1500, 3), np.uint8), (700, 700), interpolation=cv2.INTER_CUBIC)  # starts the pool
+    loader = Loader(Threads(), batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context=sys.argv[1])
+    print([b["threads"].tolist() for b in loader], cv2.getNumThreads())
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_loader_workers_run_opencv_on_one_thread_even_after_the_parent_used_its_pool(tmp_path, start):
+    """A forked worker calling cv2.setNumThreads, when the parent had run OpenCV's thread pool, hung for ever; now
+    forked workers inherit the setting from around their start, spawned ones (macOS) set it. In a subprocess: a
+    hang fails here by timeout instead of stalling the suite."""
+    script = tmp_path / "loader_threads.py"
+    script.write_text(LOADER_THREADS)
+    result = subprocess.run([sys.executable, str(script), start], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[[1,", "1],", "[1,", "1]]", "2"]

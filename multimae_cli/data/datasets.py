@@ -70,11 +70,16 @@ class Loader(torch.utils.data.DataLoader):
     """A DataLoader whose worker processes run OpenCV on one thread each: the workers already use every core,
     OpenCV's own pool in each would oversubscribe them.
 
-    The setting is made in this process around the workers' start (they inherit it) and then restored, not in
-    each worker: `cv2.setNumThreads` in a forked worker whose parent had already run OpenCV's thread pool waits
-    forever for threads that do not exist in the child (a loader started in a process that had already run a
-    pretraining, whose previews used OpenCV, hung so).
+    Forked workers inherit the setting, made in this process around their start and then restored:
+    `cv2.setNumThreads` in a forked worker whose parent had already run OpenCV's thread pool waits forever for
+    threads that do not exist in the child (a loader started in a process that had already run a pretraining,
+    whose previews used OpenCV, hung so). Workers started fresh (the spawn method, macOS's default) set it
+    themselves.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("worker_init_fn", _one_opencv_thread)
+        super().__init__(*args, **kwargs)
 
     def __iter__(self):
         if self.num_workers == 0:
@@ -87,6 +92,14 @@ class Loader(torch.utils.data.DataLoader):
             return super().__iter__()
         finally:
             cv2.setNumThreads(threads)
+
+
+def _one_opencv_thread(_worker_id: int) -> None:
+    """In a worker that did not inherit the setting (a spawned one): it has no inherited pool, so this is safe."""
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
 
 
 def loader_workers(setting: int | str) -> int:
