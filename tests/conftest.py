@@ -54,3 +54,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     """Run `multimae ARGS` in a fresh interpreter, as a user would."""
     return subprocess.run([sys.executable, "-m", "multimae_cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
+
+
+def interrupt_after_step(monkeypatch, step: int):
+    """Make a training loop see Ctrl-C right after it records `step`'s metrics; returns the undo."""
+    from multimae_cli.train import checkpoint as ckpt
+
+    original = ckpt.append_metrics
+
+    def interrupting(run, record):
+        original(run, record)
+        if record["step"] == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "append_metrics", interrupting)
+    return lambda: monkeypatch.setattr(ckpt, "append_metrics", original)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import interrupt_after_step, run_cli
 
 from multimae_cli import ModelConfig, create_model, save_model
 from multimae_cli.config import FinetuneConfig, build_config
@@ -61,23 +61,15 @@ def test_dense_tasks_train_save_and_evaluate(tmp_path, encoder, task, head_optio
 
 
 def test_resume_continues_exactly(tmp_path, encoder, monkeypatch):
-    from multimae_cli.train import checkpoint as ckpt
     from multimae_cli.train.pretrain import TrainingStopped
 
     common = {"task": "depth", "checkpoint": str(encoder), "inputs": ["rgb", "depth"], "head_options": SMALL_DPT,
               "val_split": None, "steps": 4}
     straight = finetune(settings(tmp_path, name="straight", **common), quiet=True)
-    original = ckpt.append_metrics
-
-    def interrupt_at_step_2(run, record):
-        original(run, record)
-        if record["step"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ckpt, "append_metrics", interrupt_at_step_2)
+    undo = interrupt_after_step(monkeypatch, 2)
     with pytest.raises(TrainingStopped, match="interrupted at step 2"):
         finetune(settings(tmp_path, name="resumed", **common), quiet=True)
-    monkeypatch.setattr(ckpt, "append_metrics", original)
+    undo()
     resumed = finetune(settings(tmp_path, name="resumed", **common), resume=tmp_path / "runs" / "resumed", quiet=True)
     assert resumed["steps"] == 4
     a = load_task_model(tmp_path / "runs" / "straight" / "last" / "model.safetensors").state_dict()

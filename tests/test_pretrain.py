@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import interrupt_after_step, run_cli
 
 from multimae_cli.config import PretrainConfig, load_pretrain_config
 from multimae_cli.data.folder import epoch_and_index
@@ -444,17 +444,10 @@ def test_resume_in_a_later_epoch_with_loader_workers_is_exact(tmp_path, monkeypa
     resumed trains exactly like one that was never stopped: each epoch's augmentation reaches the workers."""
     settings = {"steps": 10, "checkpoint_every": 100, "data": {"synthetic_scenes": 16, "workers": 2}}
     pretrain(tiny(tmp_path, name="whole", **settings), quiet=True)
-    original = ckpt.append_metrics
-
-    def interrupt_at_step_6(run, record):
-        original(run, record)
-        if record["step"] == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ckpt, "append_metrics", interrupt_at_step_6)
+    undo = interrupt_after_step(monkeypatch, 6)
     with pytest.raises(TrainingStopped, match="interrupted at step 6"):
         pretrain(tiny(tmp_path, name="resumed", **settings), quiet=True)
-    monkeypatch.setattr(ckpt, "append_metrics", original)
+    undo()
     pretrain(tiny(tmp_path, name="resumed", **settings), resume=tmp_path / "runs" / "resumed", quiet=True)
     whole, resumed = weights(tmp_path / "runs" / "whole"), weights(tmp_path / "runs" / "resumed")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
