@@ -79,7 +79,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
 
     processes = loader_workers(workers)
 
-
     def body(torch_device: torch.device, info: DistInfo) -> dict[str, Any]:
         model = load_task_model(checkpoint).to(torch_device)
         task = get_registry().task(model.task_info["task"])
