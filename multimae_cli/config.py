@@ -153,11 +153,12 @@ class DataConfig(BaseModel):
 
 
 class OptimConfig(BaseModel):
-    """AdamW with a warmup + cosine schedule; `lr = blr * total_batch / 256` unless `lr` is given."""
+    """AdamW with a warmup + cosine schedule; `lr = blr * total_batch / 256` unless `lr` is given. With neither
+    (fine-tuning's default), the run's own recipe picks the lr (`FinetuneConfig.resolved_lr`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    blr: Positive = 1e-4
+    blr: Positive | None = 1e-4
     lr: Positive | None = None
     min_lr: NonNegative = 0.0
     weight_decay: NonNegative = 0.05
@@ -242,6 +243,8 @@ class PretrainConfig(RunConfig):
     def _check(self) -> PretrainConfig:
         if self.steps is None and self.epochs is None:
             self.steps = 800
+        if self.optim.lr is None and self.optim.blr is None:
+            raise ValueError("optim: give lr (absolute) or blr (scaled by total batch / 256)")
         self.model_config_resolved()
         return self
 
@@ -321,6 +324,8 @@ def load_config(cls: type[BaseModel], config_file: str | None = None, flags: dic
 
 # ---------------------------------------------------------------- fine-tuning
 
+DENSE_LR = 1e-4  # the official dense fine-tuning lr, absolute
+
 
 class FinetuneConfig(RunConfig):
     """A fine-tuning run: a task's head on a pretrained encoder (or a fresh one when `checkpoint` is None)."""
@@ -344,9 +349,11 @@ class FinetuneConfig(RunConfig):
     depth_scale: Positive | None = None
     data: DataConfig = DataConfig()
     val_split: str | None = "val"
-    optim: OptimConfig = OptimConfig(blr=5e-4, betas=(0.9, 0.999), warmup_fraction=0.05)
+    # neither lr nor blr: the official recipe of the task's kind (`resolved_lr`), which learns at any batch size
+    optim: OptimConfig = OptimConfig(blr=None, betas=(0.9, 0.999), warmup_fraction=0.05)
     layer_decay: float | None = 0.75
     drop_path_rate: Fraction = 0.1
+    freeze_encoder: bool = False  # train the head alone on fixed features (with head: linear, a linear probe)
     eval_every: Count = 100
 
     @model_validator(mode="after")
@@ -356,3 +363,13 @@ class FinetuneConfig(RunConfig):
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay: must lie in (0, 1], got {self.layer_decay}")
         return self
+
+    def resolved_lr(self, kind: str, total_batch: int) -> float:
+        """`optim.lr`, else `optim.blr * total_batch / 256`, else the official recipe for the task's kind:
+        classification blr 5e-4 scaled by the batch (ImageNet: 2e-3 at 1024), dense tasks an absolute 1e-4
+        (ADE20K, Hypersim, NYUv2), which also learns at the small batches of one GPU or a CPU."""
+        if self.optim.lr is not None:
+            return self.optim.lr
+        if self.optim.blr is not None:
+            return self.optim.blr * total_batch / 256
+        return 5e-4 * total_batch / 256 if kind == "classification" else DENSE_LR

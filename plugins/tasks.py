@@ -1,7 +1,8 @@
 """Built-in fine-tuning tasks: classification, semantic segmentation, depth and surface normals.
 
 Heads, losses and metrics as the official fine-tuning: a linear head on mean-pooled tokens for
-classification, the ConvNeXt-style head (or DPT) for segmentation, DPT for depth and normals; BerHu or L1
+classification, the ConvNeXt-style head (or DPT) for segmentation, DPT for depth and normals, and a per-token
+linear head for every dense task (the linear probe of a frozen encoder, `freeze_encoder`); BerHu or L1
 on valid depth pixels; cross-entropy ignoring label 255; the angle between normals.
 """
 
@@ -32,6 +33,12 @@ def _main_modalities(ctx: HeadContext) -> dict[str, Any]:
     options = dict(ctx.options)
     options.setdefault("main_modalities", ctx.inputs)
     return options
+
+
+def _dense_linear(ctx: HeadContext) -> nn.Module:
+    from multimae_cli.model.heads import DenseLinearHead
+
+    return DenseLinearHead(ctx.dim, ctx.num_outputs, ctx.patch_size, **_main_modalities(ctx))
 
 
 def _convnext(ctx: HeadContext) -> nn.Module:
@@ -120,16 +127,17 @@ def register_tasks(register):
     ))
     register(Task(
         name="semseg", kind="dense", target="semseg", description="semantic segmentation (labels 255 ignored)",
-        heads={"convnext": _convnext, "dpt": _dpt("semseg")}, losses={"cross_entropy": _cross_entropy},
-        metrics=_segmentation_metrics, prepare_target=_labels_target,
+        heads={"convnext": _convnext, "dpt": _dpt("semseg"), "linear": _dense_linear},
+        losses={"cross_entropy": _cross_entropy}, metrics=_segmentation_metrics, prepare_target=_labels_target,
     ))
     register(Task(
         name="depth", kind="dense", target="depth", num_outputs=1, description="metric depth (DPT head)",
-        heads={"dpt": _dpt("regression")}, losses={"berhu": _depth_loss("berhu"), "l1": _depth_loss("l1")},
-        metrics=_depth_metrics, prepare_target=_depth_target, to_file=_depth_to_file,
+        heads={"dpt": _dpt("regression"), "linear": _dense_linear},
+        losses={"berhu": _depth_loss("berhu"), "l1": _depth_loss("l1")}, metrics=_depth_metrics,
+        prepare_target=_depth_target, to_file=_depth_to_file,
     ))
     register(Task(
         name="normals", kind="dense", target="normals", num_outputs=3, description="surface normals (DPT head)",
-        heads={"dpt": _dpt("regression")}, losses={"angular": _angular}, metrics=_normals_metrics,
-        prepare_target=_normals_target,
+        heads={"dpt": _dpt("regression"), "linear": _dense_linear}, losses={"angular": _angular},
+        metrics=_normals_metrics, prepare_target=_normals_target,
     ))

@@ -41,15 +41,27 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def metrics(run: Path) -> list[dict]:
+    """The training records (the run's last line holds its held-out cross-modal quality)."""
+    return [r for r in all_records(run) if "loss" in r]
+
+
+def all_records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_loss_falls_and_run_folder_is_complete(tmp_path):
     summary = pretrain(tiny(tmp_path, name="falls", steps=40, log_every=10, preview_every=20), quiet=True)
     run = Path(summary["run"])
-    records = metrics(run)
+    records = all_records(run)
+    records, held_out = records[:-1], records[-1]
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert records[-1]["loss"] < 0.8 * records[0]["loss"], records
+    # the run ends with its decoders' cross-modal quality on held-out scenes (the synthetic val stream)
+    assert set(held_out) == {"step", "heldout/rgb->depth/delta1", "heldout/rgb->semseg/mIoU"} and held_out["step"] == 40
+    quality = summary["cross_modal"]
+    assert quality["source"] == "rgb" and quality["samples"] == 64 and set(quality["outputs"]) == {"depth", "semseg"}
+    assert quality["outputs"]["depth"]["value"] == held_out["heldout/rgb->depth/delta1"]
+    assert quality["outputs"]["semseg"]["constant"] > 0
     assert {"loss", "loss/rgb", "loss/depth", "loss/semseg", "loss/norm_rgb", "lr", "img_per_s"} <= set(records[0])
     assert (run / "config.yaml").is_file() and sorted(p.name for p in (run / "previews").iterdir()) == [
         "step-000020.png", "step-000040.png"]

@@ -74,3 +74,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(summary))
         elif not quiet:
             typer.echo(summary_line(summary))
+            if summary.get("cross_modal") and summary["cross_modal"]["outputs"]:
+                from ..train.crossmodal import quality_line
+
+                typer.echo(quality_line(summary["cross_modal"]))

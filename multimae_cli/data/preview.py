@@ -5,22 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from ..modality import Modality
 from .transforms import resize
 
 
-def preview_grid(rows: Sequence[Sequence[tuple[str, torch.Tensor]]], modalities: Mapping[str, Modality],
+def preview_grid(rows: Sequence[Sequence[tuple]], modalities: Mapping[str, Modality],
                  cell: tuple[int, int] | None = None, gap: int = 2, titles: bool = False) -> np.ndarray:
     """A uint8 (H, W, 3) grid of model-space tensors (what `normalize` returns or a model predicts), each
-    given as (name, tensor) and drawn by `modalities[name].colorize`; others are left out. A uint8
-    (H, W, 3) array instead of a tensor is a picture drawn already. `titles` writes the first row's names
-    above the columns."""
+    given as (name, tensor) or (name, tensor, title) and drawn by `modalities[name].colorize`; others are left
+    out. A uint8 (H, W, 3) array instead of a tensor is a picture drawn already. `titles` writes the first row's
+    titles (else names) above the columns."""
     pictures, names = [], []
     for row in rows:
         line = []
-        for name, tensor in row:
+        for name, tensor, *title in row:
             if isinstance(tensor, np.ndarray):
                 picture = tensor
             elif modalities[name].colorize is None:
@@ -30,7 +29,7 @@ def preview_grid(rows: Sequence[Sequence[tuple[str, torch.Tensor]]], modalities:
                                                     else tensor.detach())
             line.append(picture)
             if len(pictures) == 0:
-                names.append(name)
+                names.append(title[0] if title else name)
         pictures.append(line)
     height = cell[0] if cell else max(p.shape[0] for line in pictures for p in line)
     width = cell[1] if cell else max(p.shape[1] for line in pictures for p in line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import torch
@@ -20,13 +21,28 @@ class FinetuneModel(nn.Module):
         backbone.output_adapters = nn.ModuleDict()
         self.backbone = backbone
         self.head = head
+        self.frozen = False
+
+    def freeze_backbone(self) -> FinetuneModel:
+        """Fix the encoder: no gradients, no stochastic depth (it stays in eval mode), features computed
+        without autograd. The head alone learns: with a linear head, the linear probe of the features."""
+        self.frozen = True
+        self.backbone.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> FinetuneModel:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
 
     @property
     def config(self):
         return self.backbone.config
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        features, layout = self.backbone.encode_unmasked(inputs, getattr(self.head, "needs_all_layers", False))
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            features, layout = self.backbone.encode_unmasked(inputs, getattr(self.head, "needs_all_layers", False))
         size = (layout.grid[0] * self.backbone.patch_size, layout.grid[1] * self.backbone.patch_size)
         return self.head(features, layout, size)
 

@@ -1,4 +1,4 @@
-"""Fine-tuning heads on the MultiViT encoder: linear (classification), ConvNeXt-style and DPT (dense).
+"""Fine-tuning heads on the MultiViT encoder: linear (classification, dense probes), ConvNeXt-style and DPT.
 
 Every head is called as `head(tokens_or_layers, layout, image_size)`: the unmasked encoder output of
 `MultiMAE.forward_features` (patch tokens of each modality in input order, global tokens last), its
@@ -72,6 +72,32 @@ class LinearHead(nn.Module):
     def forward(self, tokens: torch.Tensor, layout: TokenLayout, image_size: tuple[int, int]) -> torch.Tensor:
         _check_tokens(tokens, layout)
         return self.head(self.norm(tokens.mean(dim=1)))
+
+
+class DenseLinearHead(nn.Module):
+    """A linear probe for dense tasks: each patch token of `main_modalities` (concatenated on channels and
+    LayerNorm-ed without affine parameters, as MAE's probe normalises features) is mapped by one Linear to its
+    patch's pixels, `patch_size**2 x num_outputs` values, laid out by pixel shuffle. Nothing but that Linear
+    learns, so the score measures what the frozen features hold."""
+
+    needs_all_layers: ClassVar[bool] = False
+
+    def __init__(self, dim: int, num_outputs: int, patch_size: int, *,
+                 main_modalities: Sequence[str] = ("rgb",)) -> None:
+        super().__init__()
+        self.main_modalities = tuple(main_modalities)
+        self.patch_size = patch_size
+        self.norm = nn.LayerNorm(dim * len(self.main_modalities), elementwise_affine=False)
+        self.head = nn.Linear(dim * len(self.main_modalities), num_outputs * patch_size**2)
+        _xavier_linears(self)
+
+    def forward(self, tokens: torch.Tensor, layout: TokenLayout, image_size: tuple[int, int]) -> torch.Tensor:
+        x = _modality_maps(tokens, layout, self.main_modalities).permute(0, 2, 3, 1)  # (B, gh, gw, n*D)
+        x = self.head(self.norm(x)).permute(0, 3, 1, 2)  # (B, C*p*p, gh, gw)
+        x = F.pixel_shuffle(x, self.patch_size)
+        if tuple(x.shape[-2:]) != tuple(image_size):
+            x = F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False)
+        return x
 
 
 # ---------------------------------------------------------------- ConvNeXt (semantic segmentation)

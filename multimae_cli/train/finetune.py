@@ -93,13 +93,13 @@ def write_preview(model, dataset: TaskDataset, task: Task, modalities: dict, sca
         pred = model(inputs)[0].float().cpu()
         truth = prepare_target(task, sample[TARGET], scale, reduce_zero_label)
         truth = torch.where(truth == 255, 0, truth) if not truth.is_floating_point() else truth
-        rows.append([*((name, sample[name]) for name in dataset.inputs), (task.target, pred),
-                     (task.target, truth)])
+        rows.append([*((name, sample[name], f"{name} input") for name in dataset.inputs),
+                     (task.target, pred, f"{task.target} predicted"), (task.target, truth, f"{task.target} truth")])
     model.train(was_training)
     path.parent.mkdir(exist_ok=True)
     size = tuple(model.config.image_size)
     scale_up = max(1, 128 // max(size))
-    write_image(path, preview_grid(rows, modalities, cell=(size[0] * scale_up, size[1] * scale_up)))
+    write_image(path, preview_grid(rows, modalities, cell=(size[0] * scale_up, size[1] * scale_up), titles=True))
 
 
 def build_mixup(config: FinetuneConfig, task: Task, inputs: list[str], num_outputs: int):
@@ -195,6 +195,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         val_set = TaskDataset(val_source, inputs, task, modalities, size, train=False, classes=classes,
                               seed=config.seed, num_classes=num_outputs, reduce_zero_label=zero)
     model.backbone.set_grad_checkpointing(config.activation_checkpointing)
+    if config.freeze_encoder:
+        model.freeze_backbone()
     model.to(device).train()
     loss_name = config.loss or next(iter(task.losses))
     criterion = task.losses[loss_name](config.loss_options)
@@ -207,7 +209,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=workers,
                          pin_memory=device.type == "cuda")
     total_steps = config.steps or max(1, math.ceil(config.epochs * sampler.batches_per_epoch))
-    lr = config.optim.lr or config.optim.blr * config.batch_size * info.world / 256
+    lr = config.resolved_lr(task.kind, config.batch_size * info.world)
     optimizer = build_optimizer(model, config.optim, lr, device, layer_decay=config.layer_decay)
     schedule = build_schedule(optimizer, config.optim, total_steps)
     dtype = resolve_precision(config.precision, device)
@@ -266,7 +268,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 first_loss = first_loss if first_loss is not None else record["loss"]
                 last_loss = record["loss"]
                 if info.is_main:
-                    ckpt.append_metrics(run, {"step": step, **record, "lr": optimizer.param_groups[0]["lr"]})
+                    head_lr = max(group["lr"] for group in optimizer.param_groups)  # layer decay scales the rest
+                    ckpt.append_metrics(run, {"step": step, **record, "lr": head_lr})
                 bar.update(handle, stats=f"loss {record['loss']:.4f}")
             bar.update(handle, completed=step)
             due = step == total_steps or step % config.eval_every == 0

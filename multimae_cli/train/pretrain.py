@@ -87,7 +87,9 @@ def micro_batch_masks(model_config, micro_batch: int, info: DistInfo, batch_size
 
 
 def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path, device: torch.device) -> None:
-    """Input, masked input, every output's prediction and the ground truth, for two fixed samples."""
+    """Two fixed samples, a row each, every column titled: the visible part of every input, every output's
+    prediction from them, every other output predicted from the first input alone (whole, as `predict` does),
+    and the ground truth."""
     from ..data.preview import preview_grid
     from ..io import write_image
 
@@ -96,11 +98,15 @@ def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path
     samples = [fixed(dataset.read(i), np.random.default_rng(0)) for i in range(min(2, len(dataset)))]
     batch = to_device({name: torch.stack([s[name] for s in samples]) for name in modalities}, modalities, device)
     inputs = {name: batch[name] for name in model_config.inputs}
+    source = model_config.inputs[0]
+    outputs = resolve_modalities(model_config)
+    cross = [name for name in model_config.outputs if name != source and outputs[name].source == name]
     was_training = model.training
     model.eval()
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         preds, masks = model(inputs)
+        from_source = model.decode(model.encode({source: inputs[source]}, mask_inputs=False), cross) if cross else {}
     model.train(was_training)
     gh, gw = model_config.grid
     rows = []
@@ -110,14 +116,28 @@ def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path
             data = batch[name][i]
             keep = 1 - masks[name][i].view(gh, gw).to(data.dtype if data.is_floating_point() else torch.long)
             keep = keep.repeat_interleave(data.shape[-2] // gh, 0).repeat_interleave(data.shape[-1] // gw, 1)
-            row.append((name, data * keep))
-        row += [(name, preds[name][i].float()) for name in model_config.outputs]
-        row += [(name, batch[name][i]) for name in modalities]
+            row.append((name, data * keep, f"{name} visible"))
+        row += [(name, preds[name][i].float(), f"{name} predicted") for name in model_config.outputs]
+        row += [(name, from_source[name][i].float(), f"{name} from {source}") for name in cross]
+        row += [(name, batch[name][i], f"{name} truth") for name in modalities]
         rows.append(row)
-    drawable = {**resolve_modalities(model_config), **modalities}
+    drawable = {**outputs, **modalities}
     scale = max(1, 128 // max(model_config.image_size))  # small images are drawn at least 128 px wide
     cell = (model_config.image_size[0] * scale, model_config.image_size[1] * scale)
-    write_image(path, preview_grid(rows, drawable, cell=cell))
+    write_image(path, preview_grid(rows, drawable, cell=cell, titles=True))
+
+
+def held_out_dataset(config: PretrainConfig, modalities: dict, image_size):
+    """Samples never trained on: the synthetic `val` stream (`data.val_scenes` scenes) or the folder's `val`
+    split; None when the folder has none."""
+    from ..data.synth_io import split_seed
+
+    if config.data.source == "synthetic":
+        render = config.data.render_size or image_size
+        return SyntheticDataset(modalities, config.data.val_scenes, render, seed=split_seed(config.seed, "val"))
+    if (Path(config.data.path) / "val").is_dir():
+        return FolderDataset(config.data.path, modalities, split="val", skip_bad=config.data.skip_bad)
+    return None
 
 
 def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -179,6 +199,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     data_names = list(dict.fromkeys([*model_config.inputs, *(outputs[o].source for o in model_config.outputs)]))
     modalities = resolve_modalities(model_config, names=data_names)
     dataset = build_dataset(config, modalities, model_config.image_size)
+    held_out = held_out_dataset(config, modalities, model_config.image_size) if info.is_main else None
     accum = config.optim.accum_steps
     sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
     loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=loader_workers(config.data.workers),
@@ -258,12 +279,22 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                 bar.update(task, completed=step)
             due = step == total_steps or (config.preview_every and step % config.preview_every == 0)
             if info.is_main and config.preview_every and due:
-                preview(model, dataset, config, modalities, run / "previews" / f"step-{step:06d}.png", device)
+                preview(model, held_out or dataset, config, modalities, run / "previews" / f"step-{step:06d}.png",
+                        device)
             if step == total_steps or saves.due(step):
                 save()
             if step == total_steps:
                 break
-    return {"run": str(run), "steps": step, "first_loss": first_loss,
+    cross_modal = None
+    if info.is_main and first_loss is not None and held_out is not None:
+        from .crossmodal import cross_modal_quality
+
+        cross_modal = cross_modal_quality(model, held_out, modalities, device)
+        if cross_modal["outputs"]:
+            source = cross_modal["source"]
+            ckpt.append_metrics(run, {"step": step, **{f"heldout/{source}->{name}/{entry['metric']}": entry["value"]
+                                                       for name, entry in cross_modal["outputs"].items()}})
+    return {"run": str(run), "steps": step, "first_loss": first_loss, "cross_modal": cross_modal,
             "final_loss": last_record["loss"] if last_record else None,
             "img_per_s": last_record["img_per_s"] if last_record else None,
             "checkpoint": str(run / ckpt.LAST / "model.safetensors")}
