@@ -33,6 +33,22 @@ def tiny_pth(fixture_dir) -> Path:
     return fixture_dir / "tiny_multivit.pth"
 
 
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """A tiny rgb+depth pretraining checkpoint (random weights: for tests of fine-tuning plumbing)."""
+    import torch
+
+    from multimae_cli import ModelConfig, create_model, save_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(inputs=("rgb", "depth"), outputs=("rgb", "depth"), image_size=32, patch_size=8, dim=32,
+                         depth=4, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_num_heads=2,
+                         num_encoded_tokens=8)
+    path = tmp_path_factory.mktemp("enc") / "enc.safetensors"
+    save_model(create_model(config), path)
+    return path
+
+
 @pytest.fixture()
 def tiny_model(tiny_pth):
     from multimae_cli import load_model

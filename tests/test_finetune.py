@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import interrupt_after_step, run_cli
 
-from multimae_cli import ModelConfig, create_model, save_model
 from multimae_cli.config import FinetuneConfig, build_config
 from multimae_cli.errors import ConfigError, InputError, UnknownModalityError
 from multimae_cli.formats import load_task_model
@@ -21,18 +20,6 @@ from multimae_cli.train.evaluate import evaluate_checkpoint
 from multimae_cli.train.finetune import finetune
 
 SMALL_DPT = {"feature_dim": 16, "layer_dims": [8, 16, 16, 32]}
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    """A tiny rgb+depth pretraining checkpoint (random weights: these tests check plumbing)."""
-    torch.manual_seed(0)
-    config = ModelConfig(inputs=("rgb", "depth"), outputs=("rgb", "depth"), image_size=32, patch_size=8, dim=32,
-                         depth=4, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_num_heads=2,
-                         num_encoded_tokens=8)
-    path = tmp_path_factory.mktemp("enc") / "enc.safetensors"
-    save_model(create_model(config), path)
-    return path
 
 
 def settings(tmp_path, **values) -> FinetuneConfig:

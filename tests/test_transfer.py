@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_finetune import settings
 
-from multimae_cli import ModelConfig, create_model, save_model
+from multimae_cli import ModelConfig
 from multimae_cli.config import FinetuneConfig, build_config
 from multimae_cli.data.preview import preview_grid
 from multimae_cli.formats import load_model, load_task_model
@@ -23,24 +24,6 @@ from multimae_cli.train.crossmodal import align, cross_modal_quality, quality_li
 from multimae_cli.train.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    torch.manual_seed(0)
-    config = ModelConfig(inputs=("rgb", "depth"), outputs=("rgb", "depth"), image_size=32, patch_size=8, dim=32,
-                         depth=4, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_num_heads=2,
-                         num_encoded_tokens=8)
-    path = tmp_path_factory.mktemp("enc") / "enc.safetensors"
-    save_model(create_model(config), path)
-    return path
-
-
-def settings(tmp_path, **values) -> FinetuneConfig:
-    base = {"image_size": 32, "batch_size": 4, "steps": 4, "eval_every": 4, "checkpoint_every": 4,
-            "log_every": 1, "device": "cpu", "out_dir": str(tmp_path / "runs"),
-            "data": {"synthetic_scenes": 32, "val_scenes": 8, "render_size": 48, "workers": 0}}
-    return build_config(FinetuneConfig, {**base, **values})
 
 
 def test_dense_linear_head_is_one_linear_map_per_token():
@@ -84,7 +67,7 @@ def test_frozen_encoder_stays_in_eval_mode(encoder):
 
 
 def test_logged_lr_is_the_heads_not_the_first_layer_groups(tmp_path, encoder):
-    finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["rgb"], name="lr", steps=3,
+    finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), inputs=["rgb"], name="lr", steps=3, log_every=1,
                       head_options={"feature_dim": 16, "layer_dims": [8, 16, 16, 32]}, layer_decay=0.5,
                       optim={"lr": 1e-3, "warmup_steps": 0}), quiet=True)
     records = [json.loads(line) for line in (tmp_path / "runs" / "lr" / "metrics.jsonl").read_text().splitlines()]
