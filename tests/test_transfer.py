@@ -174,13 +174,15 @@ def test_transfer_benchmark_rejects_unknown_scope_and_arm():
 
 
 def test_finetune_lr_follows_the_official_recipe_of_the_tasks_kind():
-    from multimae_cli.config import DENSE_LR
+    from multimae_cli.config import DENSE_LR, PROBE_LR
 
     default = build_config(FinetuneConfig, {})
     assert default.resolved_lr("dense", 16) == DENSE_LR == default.resolved_lr("dense", 1024)  # absolute
     assert default.resolved_lr("classification", 1024) == pytest.approx(2e-3)  # blr 5e-4 scaled
     assert build_config(FinetuneConfig, {"optim": {"blr": 2e-3}}).resolved_lr("dense", 16) == pytest.approx(1.25e-4)
     assert build_config(FinetuneConfig, {"optim": {"lr": 3e-4, "blr": 1.0}}).resolved_lr("dense", 16) == 3e-4
+    probe = build_config(FinetuneConfig, {"freeze_encoder": True})
+    assert probe.resolved_lr("dense", 16) == probe.resolved_lr("classification", 1024) == PROBE_LR > DENSE_LR
 
 
 def test_pretraining_needs_an_lr_or_a_blr():
