@@ -1,7 +1,7 @@
 """Transfer benchmark: does multi-modal pretraining (MultiMAE) transfer better than rgb-only MAE? One JSON line.
 
     python benchmarks/transfer.py --quick                 # <= 20 min on 2 CPU cores
-    python benchmarks/transfer.py                          # the full setting (<= 3 h on 2 cores, minutes on a GPU)
+    python benchmarks/transfer.py                          # the full setting (~90 min on 2 cores, estimated)
     python benchmarks/transfer.py --quick --set A.model.alphas=0.5 --out runs/transfer-alpha
 
 Arms, each pretrained with the same steps and batch on the same scenes (seed s: scene stream s):
@@ -153,7 +153,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the <= 20 min setting (fewer steps)")
     parser.add_argument("--seeds", type=int, help="pretraining seeds 0..N-1 (default: 3)")
     parser.add_argument("--arms", default="A,B,C", help="which arms to run (default: A,B,C)")
-    parser.add_argument("--finetunes", default=",".join(FINETUNES), help="which fine-tunes (default: all three)")
+    parser.add_argument("--finetunes", default=",".join(FINETUNES),
+                        help="which fine-tunes, quoted for the shell "
+                             "(default: 'rgb->depth,rgb->semseg,rgb+depth->semseg')")
     parser.add_argument("--no-probe", action="store_true", help="skip the linear probes")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SCOPE.KEY=VALUE",
                         help="change a setting: A., B., pretrain. (both), finetune., probe. or common. followed by "
@@ -188,6 +190,11 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
+    from multimae_cli.data.synth_io import split_seed
+
+    seen = {split_seed(seed, split) for seed in seeds for split in ("train", "val")}
+    if split_seed(0, "test") in seen:  # the test scenes must be scenes no run trains on or selects with
+        raise SystemExit(f"the test scene stream {split_seed(0, 'test')} is also a training or validation stream")
     runner = Runner(out, args.device, setting["test_scenes"], log)
     data = {"workers": args.workers, "val_scenes": setting["val_scenes"]}
     started = time.perf_counter()
