@@ -333,9 +333,8 @@ def test_example_configs_are_valid(name):
 
 
 def test_ctrl_c_saves_and_stops(tmp_path):
-    args = ["pretrain", "--name", "interrupted", "--out", str(tmp_path / "runs"), "--steps", "100000",
-            "--device", "cpu", "--set", f"model={json.dumps(TINY['model'])}",
-            "--set", f"data={json.dumps(TINY['data'])}",
+    args = ["pretrain", "--name", "interrupted", "--out", str(tmp_path / "runs"), "--steps", "400", "--device", "cpu",
+            "--set", f"model={json.dumps(TINY['model'])}", "--set", f"data={json.dumps(TINY['data'])}",
             "--set", "batch_size=4", "--set", "checkpoint_every=1000", "--set", "preview_every=0", "--quiet"]
     process = subprocess.Popen([sys.executable, "-m", "multimae_cli", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
