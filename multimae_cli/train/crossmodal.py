@@ -2,9 +2,9 @@
 
 The first input (rgb for the built-ins) is given whole, nothing masked, and every other output that a registered
 task targets is predicted by its pretraining decoder and scored with that task's metrics (depth delta1, semseg
-mIoU, ...), next to the best constant guess under the same rules. One-channel float outputs are relative (the
-pretraining target is standardised per sample), so each predicted map is aligned to its ground truth by a
-least-squares scale and shift first, as relative depth is usually scored.
+mIoU, ...), next to two guesses that ignore the input (`cross_modal_quality`). One-channel float outputs are
+relative (the pretraining target is standardised per sample), so each predicted map is aligned to its ground
+truth by a least-squares scale and shift first, as relative depth is usually scored.
 """
 
 from __future__ import annotations
@@ -99,13 +99,7 @@ def _blind_guesses(truths: torch.Tensor, modality: Modality, task, main: str) ->
     maps = truths.float().view(truths.shape[0], -1, *truths.shape[-2:])
     if maps.shape[1] != 1:
         return {"constant": None, "average_scene": None}
-    valid = maps.isfinite() & (maps > 0)
-    standardised = []
-    for one, ok in zip(maps, valid, strict=True):
-        values = one[ok]
-        spread = values.std() if values.numel() > 1 else torch.tensor(1.0)
-        standardised.append(torch.where(ok, (one - values.mean()) / spread.clamp_min(1e-6), 0.0))
-    average = torch.stack(standardised).mean(0, keepdim=True).expand_as(maps)
+    average = modality.normalize(maps).mean(0, keepdim=True).expand_as(maps)  # the mean pretraining target
     return {"constant": _score(task, modality, torch.zeros_like(maps), maps, main),
             "average_scene": _score(task, modality, average, maps, main)}
 
