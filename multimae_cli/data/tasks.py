@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import FinetuneConfig, PretrainConfig
+from ..config import FinetuneConfig
 from ..errors import InputError
 from ..task import Task
 from .datasets import SyntheticDataset
@@ -96,7 +96,7 @@ def source_modalities(modalities: dict, task: Task, inputs: list[str]) -> dict:
     return out
 
 
-def build_source(config: FinetuneConfig | PretrainConfig, modalities: dict, split: str, train: bool):
+def build_source(config: FinetuneConfig, modalities: dict, split: str, train: bool):
     """The raw sample source of a split: synthetic scenes (a split is its own scene stream) or a folder."""
     data = config.data
     if data.source == "synthetic":
@@ -108,8 +108,8 @@ def build_source(config: FinetuneConfig | PretrainConfig, modalities: dict, spli
     return FolderDataset(data.path, modalities, split=split, skip_bad=data.skip_bad, seed=config.seed)
 
 
-def config_size(config: FinetuneConfig | PretrainConfig) -> tuple[int, int]:
-    size = getattr(config, "image_size", None) or config.model.get("image_size", 224)  # pretraining: model only
+def config_size(config: FinetuneConfig) -> tuple[int, int]:
+    size = config.image_size or config.model.get("image_size", 224)
     return (size, size) if isinstance(size, int) else tuple(size)
 
 

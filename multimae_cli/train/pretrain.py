@@ -127,14 +127,18 @@ def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path
     write_image(path, preview_grid(rows, drawable, cell=cell, titles=True))
 
 
-def held_out_dataset(config: PretrainConfig, modalities: dict):
-    """Samples never trained on: the synthetic `val` stream (`data.val_scenes` scenes) or the folder's `val`
+def held_out_dataset(config: PretrainConfig, modalities: dict, image_size):
+    """Samples never trained on: the synthetic `val` stream (`data.val_scenes` scenes, as fine-tuning's
+    `data.tasks.build_source` picks it; not called here, which would add an import floor) or the folder's `val`
     split; None when the folder has none."""
-    from ..data.tasks import build_source
+    from ..data.synth_io import split_seed
 
-    if config.data.source == "folder" and not (Path(config.data.path) / "val").is_dir():
-        return None
-    return build_source(config, modalities, "val", train=False)
+    if config.data.source == "synthetic":
+        render = config.data.render_size or image_size
+        return SyntheticDataset(modalities, config.data.val_scenes, render, seed=split_seed(config.seed, "val"))
+    if (Path(config.data.path) / "val").is_dir():
+        return FolderDataset(config.data.path, modalities, split="val", skip_bad=config.data.skip_bad)
+    return None
 
 
 def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -196,7 +200,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     data_names = list(dict.fromkeys([*model_config.inputs, *(outputs[o].source for o in model_config.outputs)]))
     modalities = resolve_modalities(model_config, names=data_names)
     dataset = build_dataset(config, modalities, model_config.image_size)
-    held_out = held_out_dataset(config, modalities) if info.is_main else None
+    held_out = held_out_dataset(config, modalities, model_config.image_size) if info.is_main else None
     accum = config.optim.accum_steps
     sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
     loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=loader_workers(config.data.workers),
