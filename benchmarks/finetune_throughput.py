@@ -16,10 +16,10 @@ import torch
 
 from multimae_cli import ModelConfig, create_model
 from multimae_cli.config import OptimConfig
-from multimae_cli.registry import get_registry
-from multimae_cli.task import build_task_model
+from multimae_cli.plugin.factory import build_task_model
+from multimae_cli.plugin.registry import get_registry
 from multimae_cli.train.optim import build_optimizer
-from multimae_cli.train.pretrain import resolve_precision
+from multimae_cli.train.runtime import resolve_precision
 
 SETUPS = {  # task -> (inputs, head, outputs)
     "depth": (("rgb",), "dpt", 1),

@@ -113,9 +113,9 @@ def main() -> None:
 
     from multimae_cli.data.datasets import collate, make_loader
     from multimae_cli.data.folder import FolderDataset
-    from multimae_cli.data.synth_io import MODALITIES, write_synthetic
+    from multimae_cli.data.synthetic.io import MODALITIES, write_synthetic
     from multimae_cli.data.transforms import MultiModalTransform, to_device
-    from multimae_cli.registry import get_registry
+    from multimae_cli.plugin.registry import get_registry
 
     registry = get_registry()
     all_modalities = {name: registry.modality(name) for name in MODALITIES}

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from multimae_plugins import rgb
 
 from multimae_cli import ModelConfig, create_model, save_model
 from multimae_cli.data.transforms import to_device
-from multimae_cli.predictor import Predictor
+from multimae_cli.infer.predictor import Predictor
+from multimae_plugins import rgb
 
 
 def main() -> None:

@@ -38,8 +38,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from multimae_cli.config import DataConfig, OptimConfig, PretrainConfig
-    from multimae_cli.data.synth_io import MODALITIES, write_synthetic
-    from multimae_cli.registry import get_registry
+    from multimae_cli.data.synthetic.io import MODALITIES, write_synthetic
+    from multimae_cli.plugin.registry import get_registry
     from multimae_cli.train.pretrain import pretrain
 
     registry = get_registry()

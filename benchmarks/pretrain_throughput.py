@@ -29,12 +29,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from multimae_cli import ModelConfig, create_model, create_objective
 from multimae_cli.config import OptimConfig
 from multimae_cli.data.transforms import to_device
-from multimae_cli.factory import resolve_modalities
 from multimae_cli.model import adapters
 from multimae_cli.model.losses import PretrainStep
+from multimae_cli.plugin.factory import resolve_modalities
 from multimae_cli.train.distributed import DistInfo
 from multimae_cli.train.optim import build_optimizer
-from multimae_cli.train.pretrain import micro_batch_masks, resolve_precision
+from multimae_cli.train.pretrain import micro_batch_masks
+from multimae_cli.train.runtime import resolve_precision
 
 ABLATIONS = ("conv-patch-embed", "model-only-compile")
 
@@ -149,7 +150,7 @@ def main() -> None:
     batch = args.batch or (256 if on_gpu else 4)
     steps = args.steps or (20 if on_gpu else 5)
     config = ModelConfig.from_preset(args.preset)
-    from multimae_cli.factory import complete_config
+    from multimae_cli.plugin.factory import complete_config
 
     config = complete_config(config)
     dtype = resolve_precision(args.precision, device)

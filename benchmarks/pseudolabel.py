@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from multimae_cli import ModelConfig, create_model, save_model
-from multimae_cli.data.synthetic import DEPTH_SCALE, render_scene
-from multimae_cli.pseudolabel import pseudolabel
-from multimae_cli.registry import get_registry
+from multimae_cli.data.synthetic.scenes import DEPTH_SCALE, render_scene
+from multimae_cli.infer.pseudolabel import pseudolabel
+from multimae_cli.plugin.registry import get_registry
 
 
 def make_models(root: Path, size: int) -> dict[str, str]:

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from multimae_cli.data.synthetic import render_scene
+    from multimae_cli.data.synthetic.scenes import render_scene
 
     render_scene(0, 0, args.size)
     wall, cpu = [], []

@@ -190,7 +190,7 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    from multimae_cli.data.synth_io import split_seed
+    from multimae_cli.data.synthetic.io import split_seed
 
     seen = {split_seed(seed, split) for seed in seeds for split in ("train", "val")}
     if split_seed(0, "test") in seen:  # the test scenes must be scenes no run trains on or selects with

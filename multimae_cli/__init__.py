@@ -1,53 +1,59 @@
 """multimae: MultiMAE pretraining, fine-tuning, prediction and export, with modalities as plugins.
 
-The public API. Importing this package does not import torch; the model functions load it on first use.
+The public namespace: everything a plugin may use, and the model functions. Plugins (the built-ins included)
+import only from here; the names below are the whole contract (`plugin.protocols` says what factories return).
+Importing this package does not import torch: the names marked lazy load it on first use.
+
+The applications are functions of their own modules: `multimae_cli.train.pretrain.pretrain`,
+`multimae_cli.train.finetune.finetune`, `multimae_cli.train.evaluate.evaluate_checkpoint`,
+`multimae_cli.infer.predict.predict`, `multimae_cli.infer.pseudolabel.pseudolabel`,
+`multimae_cli.formats.export.export_model`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .config import ModelConfig
-from .errors import MultiMAEError
-from .hookspecs import hookimpl
-from .modality import (
-    AdapterContext,
-    ClassEmbeddingInput,
-    DecoderContext,
-    MaskedCrossEntropy,
-    MaskedL1,
-    MaskedMSE,
-    Modality,
-    PatchInput,
-    SpatialOutput,
+from .errors import CheckpointError, ConfigError, InputError, MultiMAEError, PluginError, UnknownModalityError
+from .io import (
+    as_path,
+    atomic_write_bytes,
+    read_array,
+    read_image,
+    read_labels,
+    write_array,
+    write_checked,
+    write_image,
+    write_palette_png,
 )
-from .task import HeadContext, Task
-from .teacher import Labeler, Teacher, TeacherRequest
+from .plugin import protocols
+from .plugin.components import ClassEmbeddingInput, MaskedCrossEntropy, MaskedL1, MaskedMSE, PatchInput, SpatialOutput
+from .plugin.hookspecs import API_CHANGES, API_VERSION, hookimpl
+from .plugin.modality import AdapterContext, DecoderContext, Modality
+from .plugin.task import HeadContext, Task
+from .plugin.teacher import Labeler, Teacher, TeacherRequest, by_size
 
 if TYPE_CHECKING:
-    from .factory import create_model, create_objective
-    from .formats import load_model, save_model
-    from .train.pretrain import pretrain
+    from .formats.load import load_model, save_model
+    from .infer.predictor import Predictor, find_checkpoint, working_size
+    from .metrics import ClassificationMetrics, DepthMetrics, Metric, NormalsMetrics, SegmentationMetrics
+    from .model.heads import ConvNeXtHead, DenseLinearHead, DPTHead, LinearHead
+    from .model.layers import TokenLayout
+    from .model.losses import AngularLoss, BerHuLoss, MaskedCrossEntropyLoss, MaskedL1Loss, MaskedLoss, MaskedMSELoss
+    from .plugin.factory import build_task_model, create_model, create_objective
 
-__version__ = "0.1.0"
-
-# The plugin API version: what a plugin may rely on (the hooks in `hookspecs`, the fields and factories of
-# `Modality`, `Task`, `Teacher`, and `multimae_cli.testing`). Adding a hook, a field with a default or a
-# factory keeps it; it goes up by one when a plugin written for the previous version could break (a hook,
-# field or argument removed, renamed or given another meaning), and `API_CHANGES` says what changed. A plugin
-# module states the version it is written for as `MULTIMAE_API = N`; the registry refuses a plugin written for
-# another version (an older one with the changes since, so its author knows what to update). See docs/plugins.md.
-API_VERSION = 2
-API_CHANGES = {
-    2: "Modality.normalize takes a batch (B, C, H, W) (labels (B, H, W)) on the training device",
-}
-
-_LAZY = {
-    "load_model": "formats",
-    "save_model": "formats",
-    "create_model": "factory",
-    "create_objective": "factory",
-    "pretrain": "train.pretrain",
+_LAZY = {  # name -> module (relative to this package), imported on first use: these import torch
+    **dict.fromkeys(["load_model", "save_model"], "formats.load"),
+    **dict.fromkeys(["create_model", "create_objective", "build_task_model"], "plugin.factory"),
+    **dict.fromkeys(["Predictor", "find_checkpoint", "working_size"], "infer.predictor"),
+    **dict.fromkeys(["Metric", "ClassificationMetrics", "SegmentationMetrics", "DepthMetrics", "NormalsMetrics"],
+                    "metrics"),
+    **dict.fromkeys(["LinearHead", "DenseLinearHead", "ConvNeXtHead", "DPTHead"], "model.heads"),
+    **dict.fromkeys(["MaskedLoss", "MaskedMSELoss", "MaskedL1Loss", "MaskedCrossEntropyLoss", "BerHuLoss",
+                     "AngularLoss"], "model.losses"),
+    "TokenLayout": "model.layers",
 }
 
 
@@ -63,26 +69,61 @@ __all__ = [
     "API_CHANGES",
     "API_VERSION",
     "AdapterContext",
+    "AngularLoss",
+    "BerHuLoss",
+    "CheckpointError",
     "ClassEmbeddingInput",
+    "ClassificationMetrics",
+    "ConfigError",
+    "ConvNeXtHead",
+    "DPTHead",
     "DecoderContext",
+    "DenseLinearHead",
+    "DepthMetrics",
     "HeadContext",
+    "InputError",
     "Labeler",
+    "LinearHead",
     "MaskedCrossEntropy",
+    "MaskedCrossEntropyLoss",
     "MaskedL1",
+    "MaskedL1Loss",
+    "MaskedLoss",
     "MaskedMSE",
+    "MaskedMSELoss",
+    "Metric",
     "Modality",
     "ModelConfig",
     "MultiMAEError",
+    "NormalsMetrics",
     "PatchInput",
+    "PluginError",
+    "Predictor",
+    "SegmentationMetrics",
     "SpatialOutput",
     "Task",
     "Teacher",
     "TeacherRequest",
+    "TokenLayout",
+    "UnknownModalityError",
     "__version__",
+    "as_path",
+    "atomic_write_bytes",
+    "build_task_model",
+    "by_size",
     "create_model",
     "create_objective",
+    "find_checkpoint",
     "hookimpl",
     "load_model",
-    "pretrain",
+    "protocols",
+    "read_array",
+    "read_image",
+    "read_labels",
     "save_model",
+    "working_size",
+    "write_array",
+    "write_checked",
+    "write_image",
+    "write_palette_png",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,6 +37,7 @@ class ModelConfig(BaseModel):
     inputs: tuple[str, ...] = ("rgb", "depth", "semseg")
     outputs: tuple[str, ...] = ("rgb", "depth", "semseg", "norm_rgb")
     channels: dict[str, int] = {}
+    modality_options: dict[str, dict[str, Any]] = {}  # name -> the options its plugin declares (Modality.options)
     image_size: ImageSize = (224, 224)
     patch_size: Count = 16
     dim: Count = 768
@@ -248,12 +250,15 @@ class PretrainConfig(RunConfig):
         self.model_config_resolved()
         return self
 
-    def model_config_resolved(self) -> ModelConfig:
-        """The ModelConfig of this run: preset + overrides, norm_rgb added, a sixth of the tokens encoded."""
+    def model_config_resolved(self, companions: Mapping[str, Sequence[str]] | None = None) -> ModelConfig:
+        """The ModelConfig of this run: preset + overrides, a sixth of the tokens encoded, and (`norm_pix_target`)
+        the `companions` of its outputs added: output name -> the outputs that come with it, which the plugins
+        declare (`plugin.factory.pretrain_model_config` passes them)."""
         values = dict(self.model)
         outputs = tuple(values.get("outputs", values.get("inputs", ModelConfig().inputs)))
-        if self.norm_pix_target and "rgb" in outputs and "norm_rgb" not in outputs:
-            outputs = (*outputs, "norm_rgb")
+        if self.norm_pix_target:
+            added = [name for output in outputs for name in (companions or {}).get(output, ())]
+            outputs = tuple(dict.fromkeys([*outputs, *added]))
         values["outputs"] = outputs
         try:
             config = ModelConfig.from_preset(self.preset, **{"num_encoded_tokens": 0, **values})

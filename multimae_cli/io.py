@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,6 +90,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_checked(path: str | Path, write: Callable[[Path], None], check: Callable[[Path], None]) -> None:
+    """`write(tmp)`, `check(tmp)`, then rename to `path`: a reader finds the old file or a checked new one,
+    and a failure anywhere removes the temporary file."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        check(tmp)
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -20,7 +20,13 @@ from .errors import InputError
 
 
 class Metric:
-    """Sum-based accumulator: subclasses name their state in `_initial_state` and add to it in `update`."""
+    """Sum-based accumulator, the base of every metric (`plugin.protocols.Metric`).
+
+    A subclass sets `main` (the entry of `compute()` that chooses `best/`) and `higher_is_better`, names its sums
+    in `initial_state()` (zero tensors), adds each batch's in `update()` through `add(name=value, ...)`, and
+    reads them in `compute()` through `totals()`, which are global after `sync()`. Sums, never averages, so the
+    result does not depend on the batching.
+    """
 
     main: ClassVar[str]
     higher_is_better: ClassVar[bool]
@@ -28,14 +34,14 @@ class Metric:
     def __init__(self) -> None:
         self.reset()
 
-    def _initial_state(self) -> dict[str, torch.Tensor]:
+    def initial_state(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def reset(self) -> None:
-        self._state = self._initial_state()
+        self._state = self.initial_state()
         self._reduced: dict[str, torch.Tensor] | None = None
 
-    def _add(self, **parts: torch.Tensor) -> None:
+    def add(self, **parts: torch.Tensor) -> None:
         for name, value in parts.items():
             total = self._state[name]
             if total.device != value.device:
@@ -59,7 +65,7 @@ class Metric:
             reduced[name] = total
         self._reduced = reduced
 
-    def _totals(self) -> dict[str, torch.Tensor]:
+    def totals(self) -> dict[str, torch.Tensor]:
         return self._reduced if self._reduced is not None else self._state
 
     def compute(self) -> dict[str, float]:
@@ -110,7 +116,7 @@ class ClassificationMetrics(Metric):
         self.k = min(5, num_classes)
         super().__init__()
 
-    def _initial_state(self) -> dict[str, torch.Tensor]:
+    def initial_state(self) -> dict[str, torch.Tensor]:
         return {"correct": torch.zeros(2, dtype=torch.int64), "count": torch.zeros((), dtype=torch.int64)}
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -122,10 +128,10 @@ class ClassificationMetrics(Metric):
         _check_batch(pred, target)
         hits = pred.topk(self.k, dim=1).indices == target[:, None].to(pred.device)  # (B, k)
         correct = torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
-        self._add(correct=correct, count=torch.tensor(target.shape[0], device=pred.device))
+        self.add(correct=correct, count=torch.tensor(target.shape[0], device=pred.device))
 
     def compute(self) -> dict[str, float]:
-        totals = self._totals()
+        totals = self.totals()
         (top1, topk), count = totals["correct"].tolist(), int(totals["count"])
         return {"top1": 100 * _ratio(top1, count), "top5": 100 * _ratio(topk, count)}
 
@@ -149,7 +155,7 @@ class SegmentationMetrics(Metric):
         self.ignore_index = ignore_index
         super().__init__()
 
-    def _initial_state(self) -> dict[str, torch.Tensor]:
+    def initial_state(self) -> dict[str, torch.Tensor]:
         return {"confusion": torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)}
 
     def _check_range(self, labels: torch.Tensor, name: str, allowed: str = "") -> None:
@@ -184,10 +190,10 @@ class SegmentationMetrics(Metric):
             self._check_range(pred, "predicted class")
         n = self.num_classes
         confusion = torch.bincount(target * n + pred, minlength=n * n).view(n, n)  # rows: label, cols: prediction
-        self._add(confusion=confusion)
+        self.add(confusion=confusion)
 
     def _per_class(self) -> tuple[torch.Tensor, torch.Tensor]:
-        confusion = self._totals()["confusion"].cpu().double()
+        confusion = self.totals()["confusion"].cpu().double()
         hits, labelled, predicted = confusion.diag(), confusion.sum(1), confusion.sum(0)
         return hits / (labelled + predicted - hits), hits / labelled  # 0 / 0 -> NaN
 
@@ -200,7 +206,7 @@ class SegmentationMetrics(Metric):
         return (100 * self._per_class()[1]).tolist()
 
     def compute(self) -> dict[str, float]:
-        confusion = self._totals()["confusion"]
+        confusion = self.totals()["confusion"]
         iou, acc = self._per_class()
         return {
             "mIoU": 100 * iou.nanmean().item(),
@@ -229,7 +235,7 @@ class DepthMetrics(Metric):
         self.max_depth = max_depth
         super().__init__()
 
-    def _initial_state(self) -> dict[str, torch.Tensor]:
+    def initial_state(self) -> dict[str, torch.Tensor]:
         return {"count": torch.zeros((), dtype=torch.int64), "deltas": torch.zeros(3, dtype=torch.int64),
                 "sums": torch.zeros(4, dtype=torch.float64)}  # |d|/t, d^2/t, d^2, (log p - log t)^2
 
@@ -250,11 +256,11 @@ class DepthMetrics(Metric):
         thresholds = torch.tensor([1.25, 1.25**2, 1.25**3], dtype=torch.float64, device=t.device)
         sums = torch.stack([(diff.abs() / t).sum(), (diff**2 / t).sum(), (diff**2).sum(),
                             ((p.log() - t.log()) ** 2).sum()])
-        self._add(count=torch.tensor(t.numel(), device=t.device), deltas=(ratio[:, None] < thresholds).sum(0),
+        self.add(count=torch.tensor(t.numel(), device=t.device), deltas=(ratio[:, None] < thresholds).sum(0),
                   sums=sums)
 
     def compute(self) -> dict[str, float]:
-        totals = self._totals()
+        totals = self.totals()
         count = int(totals["count"])
         d1, d2, d3 = (_ratio(v, count) for v in totals["deltas"].tolist())
         abs_rel, sq_rel, sq, sq_log = (_ratio(v, count) for v in totals["sums"].tolist())
@@ -281,7 +287,7 @@ class NormalsMetrics(Metric):
     num_bins: ClassVar[int] = 18000
     thresholds: ClassVar[tuple[float, ...]] = (11.25, 22.5, 30.0)
 
-    def _initial_state(self) -> dict[str, torch.Tensor]:
+    def initial_state(self) -> dict[str, torch.Tensor]:
         return {"count": torch.zeros((), dtype=torch.int64), "under": torch.zeros(3, dtype=torch.int64),
                 "sums": torch.zeros(2, dtype=torch.float64),  # angle, angle^2
                 "histogram": torch.zeros(self.num_bins, dtype=torch.int64)}
@@ -304,7 +310,7 @@ class NormalsMetrics(Metric):
         angle = torch.rad2deg(torch.atan2(torch.linalg.cross(p, t).norm(dim=-1), (p * t).sum(-1)))
         bins = (angle / self.bin_width).long().clamp(0, self.num_bins - 1)
         thresholds = torch.tensor(self.thresholds, dtype=torch.float64, device=angle.device)
-        self._add(count=torch.tensor(angle.numel(), device=angle.device),
+        self.add(count=torch.tensor(angle.numel(), device=angle.device),
                   under=(angle[:, None] < thresholds).sum(0),
                   sums=torch.stack([angle.sum(), (angle**2).sum()]),
                   histogram=torch.bincount(bins, minlength=self.num_bins))
@@ -318,7 +324,7 @@ class NormalsMetrics(Metric):
         return (bins.double().mean().item() + 0.5) * self.bin_width
 
     def compute(self) -> dict[str, float]:
-        totals = self._totals()
+        totals = self.totals()
         count = int(totals["count"])
         mean, mean_sq = (_ratio(v, count) for v in totals["sums"].tolist())
         u1, u2, u3 = (100 * _ratio(v, count) for v in totals["under"].tolist())

@@ -16,11 +16,11 @@ from conftest import run_cli
 from multimae_cli.data.check import check_dataset
 from multimae_cli.data.datasets import SyntheticDataset, collate, make_loader
 from multimae_cli.data.folder import FolderDataset
-from multimae_cli.data.synth_io import write_synthetic
-from multimae_cli.data.synthetic import CLASSES, DEPTH_SCALE, FLOOR, WALL, render_scene
+from multimae_cli.data.synthetic.io import write_synthetic
+from multimae_cli.data.synthetic.scenes import CLASSES, DEPTH_SCALE, FLOOR, WALL, render_scene
 from multimae_cli.data.transforms import MultiModalTransform, normalize_sample, sample_crop, to_device
 from multimae_cli.errors import InputError
-from multimae_cli.registry import get_registry
+from multimae_cli.plugin.registry import get_registry
 
 NAMES = ("rgb", "depth", "normals", "semseg")
 

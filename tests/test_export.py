@@ -87,9 +87,9 @@ def test_onnx_of_fine_tuned_checkpoints(tmp_path):
     """The deployment path of a fine-tuned model: its inputs to its head's output, as in torch."""
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from multimae_cli.formats import load_task_model
-    from multimae_cli.registry import get_registry
-    from multimae_cli.task import build_task_model
+    from multimae_cli.formats.load import load_task_model
+    from multimae_cli.plugin.factory import build_task_model
+    from multimae_cli.plugin.registry import get_registry
 
     config = ModelConfig(inputs=("rgb", "depth"), outputs=(), image_size=(32, 48), patch_size=8, dim=32, depth=4,
                          num_heads=2, num_encoded_tokens=4)
@@ -119,9 +119,9 @@ def test_native_and_official_exports_of_a_fine_tuned_checkpoint(tmp_path, tiny_p
     """native keeps the head (it used to be dropped silently); official and timm write the encoder and say so
     (official used to fail: the decoder settings of an encoder without decoders cannot be read back)."""
     from multimae_cli.cli.info import checkpoint_info
-    from multimae_cli.formats import load_task_model
-    from multimae_cli.registry import get_registry
-    from multimae_cli.task import build_task_model
+    from multimae_cli.formats.load import load_task_model
+    from multimae_cli.plugin.factory import build_task_model
+    from multimae_cli.plugin.registry import get_registry
 
     options = {"feature_dim": 16, "layer_dims": [8, 16, 16, 32]}
     model = build_task_model(load_model(tiny_pth, outputs=()), get_registry().task("depth"), "dpt", 1, options)

@@ -15,7 +15,7 @@ from conftest import interrupt_after_step, run_cli
 
 from multimae_cli.config import FinetuneConfig, build_config
 from multimae_cli.errors import ConfigError, InputError, UnknownModalityError
-from multimae_cli.formats import load_task_model
+from multimae_cli.formats.load import load_task_model
 from multimae_cli.train.evaluate import evaluate_checkpoint
 from multimae_cli.train.finetune import finetune
 
@@ -48,7 +48,7 @@ def test_dense_tasks_train_save_and_evaluate(tmp_path, encoder, task, head_optio
 
 
 def test_resume_continues_exactly(tmp_path, encoder, monkeypatch):
-    from multimae_cli.train.pretrain import TrainingStopped
+    from multimae_cli.errors import TrainingStopped
 
     common = {"task": "depth", "checkpoint": str(encoder), "inputs": ["rgb", "depth"], "head_options": SMALL_DPT,
               "val_split": None, "steps": 4}
@@ -100,9 +100,9 @@ def test_classification_from_class_folders(tmp_path, encoder):
 def test_official_fixture_into_each_head_at_another_resolution(tmp_path, tiny_pth):
     for task, head, options in (("classification", "linear", {}), ("semseg", "convnext", {"embed_dim": 64}),
                                 ("semseg", "dpt", SMALL_DPT), ("depth", "dpt", SMALL_DPT)):
-        from multimae_cli.formats import load_model
-        from multimae_cli.registry import get_registry
-        from multimae_cli.task import build_task_model
+        from multimae_cli.formats.load import load_model
+        from multimae_cli.plugin.factory import build_task_model
+        from multimae_cli.plugin.registry import get_registry
 
         backbone = load_model(tiny_pth, inputs=("rgb",), outputs=(), image_size=(96, 128))
         model = build_task_model(backbone, get_registry().task(task), head, 5, options).eval()
@@ -149,8 +149,8 @@ def test_bad_inputs(tmp_path, encoder):
 
 
 def test_validation_split_missing_named_or_broken(tmp_path):
-    from multimae_cli.data.synth_io import MODALITIES, write_synthetic
-    from multimae_cli.registry import get_registry
+    from multimae_cli.data.synthetic.io import MODALITIES, write_synthetic
+    from multimae_cli.plugin.registry import get_registry
 
     modalities = {name: get_registry().modality(name) for name in MODALITIES}
     write_synthetic(tmp_path / "data", 4, (32, 32), modalities)  # a train split only
@@ -226,7 +226,7 @@ def test_mixup_for_classification_only(tmp_path, encoder):
                          ids=lambda p: p.name)
 def test_example_finetune_configs_are_valid(path):
     from multimae_cli.config import load_config
-    from multimae_cli.registry import get_registry
+    from multimae_cli.plugin.registry import get_registry
 
     config = load_config(FinetuneConfig, str(path))
     task = get_registry().task(config.task)
@@ -249,9 +249,9 @@ def test_finetune_from_timm_weights(tmp_path, encoder):
 def test_nan_loss_is_named_at_its_step_and_no_checkpoint_follows_it(tmp_path, encoder, monkeypatch):
     """Losses are read at log steps and saves only: a bad step 3 is found at the save of step 4, which is not
     written; the checkpoint of step 2 stays."""
+    from multimae_cli.errors import TrainingStopped
     from multimae_cli.train import checkpoint as ckpt
     from multimae_cli.train import finetune as finetune_module
-    from multimae_cli.train.pretrain import TrainingStopped
 
     real, calls = finetune_module.to_device, {"n": 0}
 

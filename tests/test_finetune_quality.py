@@ -8,9 +8,9 @@ import pytest
 
 from multimae_cli.config import FinetuneConfig, PretrainConfig, build_config
 from multimae_cli.data.tasks import TaskDataset, build_source
-from multimae_cli.factory import resolve_modalities
-from multimae_cli.formats import load_task_model
-from multimae_cli.registry import get_registry
+from multimae_cli.formats.load import load_task_model
+from multimae_cli.plugin.factory import resolve_modalities
+from multimae_cli.plugin.registry import get_registry
 from multimae_cli.train.evaluate import constant_baseline
 from multimae_cli.train.finetune import finetune
 from multimae_cli.train.pretrain import pretrain

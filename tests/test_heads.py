@@ -29,10 +29,12 @@ def encode(model, size=SIZE, modalities=("rgb", "depth"), all_layers=False):
 
 
 def tiny_dpt(**kwargs) -> DPTHead:
+    kwargs.setdefault("main_modalities", ("rgb",))
     return DPTHead(32, kwargs.pop("num_outputs", 1), layer_dims=(8, 16, 24, 32), feature_dim=16, **kwargs)
 
 
 def tiny_convnext(**kwargs) -> ConvNeXtHead:
+    kwargs.setdefault("main_modalities", ("rgb",))
     return ConvNeXtHead(32, kwargs.pop("num_classes", 5), embed_dim=64, depth=2, **kwargs)
 
 
@@ -99,7 +101,8 @@ def test_convnext_sub_patch_layout():
     """Each projected token vector is (sub-position, channel), sub-positions a row-major 4 x 4 grid (spec 1.7.3)."""
     model = tiny_encoder()
     tokens, layout = encode(model, modalities=("rgb",))
-    head = ConvNeXtHead(32, 4, embed_dim=64, preds_per_patch=16, depth=0)  # 4 channels per sub-pixel
+    # 4 channels per sub-pixel
+    head = ConvNeXtHead(32, 4, embed_dim=64, preds_per_patch=16, depth=0, main_modalities=("rgb",))
     with torch.no_grad():
         head.final_layer.weight.copy_(torch.eye(4)[:, :, None, None])
         head.final_layer.bias.zero_()
@@ -124,7 +127,7 @@ def test_bad_inputs_raise(encoder):
     with pytest.raises(InputError, match="do not fit an encoder of 4 layers"):
         tiny_dpt(hooks=[2, 5, 8, 11])(layers, layout, SIZE)
     with pytest.raises(ValueError, match="preds_per_patch"):
-        ConvNeXtHead(32, 3, embed_dim=60, preds_per_patch=8)
+        ConvNeXtHead(32, 3, embed_dim=60, preds_per_patch=8, main_modalities=("rgb",))
 
 
 # ---------------------------------------------------------------- DPT hooks
@@ -172,7 +175,7 @@ def test_gradients_reach_every_head_parameter_and_the_encoder():
 
 def test_official_convnext_names_and_size():
     with torch.device("meta"):
-        head = ConvNeXtHead(768, 40)
+        head = ConvNeXtHead(768, 40, main_modalities=("rgb",))
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     assert shapes["proj_dec.weight"] == (6144, 768)
     assert shapes["blocks.3.dwconv.weight"] == (384, 1, 7, 7)
@@ -185,7 +188,7 @@ def test_official_convnext_names_and_size():
 
 def test_official_dpt_names_aliases_and_size():
     with torch.device("meta"):
-        head = DPTHead(768, 1)
+        head = DPTHead(768, 1, main_modalities=("rgb",))
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     assert shapes["act_postprocess.0.1.weight"] == (96, 96, 4, 4)  # ConvTranspose x4
     assert shapes["act_postprocess.1.1.weight"] == (192, 192, 2, 2)

@@ -9,14 +9,14 @@ import re
 import pytest
 from conftest import REPO
 
-from multimae_cli import hookspecs
+from multimae_cli.plugin import hookspecs
 
 HOOKS = sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "multimae_spec"))
 DOCS = (REPO / "docs" / "plugins.md").read_text()
 
 
 def test_hooks_are_found():
-    assert HOOKS == ["register_commands", "register_modalities", "register_pseudolabelers", "register_tasks"]
+    assert HOOKS == ["register_commands", "register_modalities", "register_tasks", "register_teachers"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -47,3 +47,45 @@ def test_every_modality_field_is_documented():
     for record in (Modality, Task, Teacher):
         for field in fields(record):
             assert f"| `{field.name}` |" in DOCS, f"docs/plugins.md: {record.__name__}.{field.name} is not in its table"
+
+
+def python_block(after: str) -> str:
+    """The first ```python block after the heading `after` in docs/plugins.md."""
+    section = DOCS[DOCS.index(after):]
+    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+
+
+def registered(code: str, hook: str) -> list:
+    namespace: dict = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    records: list = []
+    namespace[hook](records.append)
+    return records
+
+
+def test_guide_task_example_is_complete_and_conforms():
+    from multimae_cli.testing import check_task
+
+    (task,) = registered(python_block("### register_tasks(register)"), "register_tasks")
+    check_task(task, num_outputs=4)
+
+
+def test_guide_teacher_example_is_complete_and_conforms():
+    from multimae_cli.testing import check_teacher
+
+    (teacher,) = registered(python_block("### register_teachers(register)"), "register_teachers")
+    check_teacher(teacher, "edges", arg="5")
+
+
+def test_guide_metric_example_is_exact_over_batches():
+    import torch
+
+    namespace: dict = {}
+    exec(compile(python_block("### Writing a metric"), "docs/plugins.md", "exec"), namespace)
+    metric = namespace["TopOneAccuracy"]()
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    metric.update(logits[:2], torch.tensor([0, 0]))
+    metric.update(logits[2:], torch.tensor([0]))
+    metric.sync()
+    assert metric.compute() == {"top1": 100 * 2 / 3}
+    assert (metric.main, metric.higher_is_better) == ("top1", True)

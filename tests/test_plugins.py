@@ -14,7 +14,7 @@ from conftest import REPO, run_cli
 
 from multimae_cli import API_VERSION, MaskedL1, Modality, ModelConfig, PatchInput, SpatialOutput, create_model, hookimpl
 from multimae_cli.errors import UnknownModalityError
-from multimae_cli.registry import Registry
+from multimae_cli.plugin.registry import Registry
 
 THERMAL_PLUGIN = '''
 from multimae_cli import MaskedL1, Modality, PatchInput, SpatialOutput, hookimpl
@@ -168,7 +168,7 @@ from multimae_cli import Labeler, Task, Teacher, hookimpl
 
 
 def _head(ctx):
-    from multimae_cli.model.heads import LinearHead
+    from multimae_cli import LinearHead
 
     return LinearHead(ctx.dim, ctx.num_outputs)
 
@@ -180,7 +180,7 @@ def _loss(options):
 
 
 def _metrics(num_outputs):
-    from multimae_cli.metrics import ClassificationMetrics
+    from multimae_cli import ClassificationMetrics
 
     return ClassificationMetrics(num_outputs)
 
@@ -196,7 +196,7 @@ def register_tasks(register):
 
 
 @hookimpl
-def register_pseudolabelers(register):
+def register_teachers(register):
     register(Teacher(name="grey", load=_load, produces=("edges",), description="mean of rgb"))
 '''
 
@@ -227,7 +227,7 @@ def test_hook_register_commands_raising_leaves_the_cli_working():
     assert registry.plugins["raising"].error == "raised in register_commands: RuntimeError: no app today"
 
 
-def test_hook_register_tasks_and_register_pseudolabelers(tmp_path):
+def test_hook_register_tasks_and_register_teachers(tmp_path):
     from multimae_cli.testing import check_task, check_teacher
 
     make_dist(tmp_path, "multimae-scenes", "scenes_plugin", TASK_AND_TEACHER_PLUGIN, "scenes")
@@ -299,7 +299,9 @@ def test_api_declarations_are_checked():
     assert registry.plugins["nonsense"].error == "declares MULTIMAE_API = 'one', which is not a positive integer"
     assert registry.plugins["old"].error == (
         f"is written for multimae plugin API 1, this multimae provides {API_VERSION} (Modality.normalize takes a "
-        "batch (B, C, H, W) (labels (B, H, W)) on the training device): update the plugin and its MULTIMAE_API")
+        "batch (B, C, H, W) (labels (B, H, W)) on the training device; the hook register_pseudolabelers is renamed "
+        "register_teachers; plugins import only from multimae_cli (internal modules moved: multimae_cli.plugin, "
+        "multimae_cli.infer); see docs/plugins.md, 'Moving to API 3'): update the plugin and its MULTIMAE_API")
     assert "old" not in registry.modalities()
 
 
@@ -417,3 +419,205 @@ def test_kit_catches_labels_resized_smoothly():
 
     with pytest.raises(AssertionError, match="label maps must be resized with interpolation='nearest'"):
         check_modality(replace(registered_modality("semseg"), interpolation="linear"), train_step=False)
+
+
+def test_kit_catches_an_adapter_outside_the_protocol():
+    """Tokens of the right shape are not enough: the engine also reads patch, stride, image_size, no_weight_decay."""
+    from multimae_cli.testing import check_modality
+
+    def bare(modality, ctx):
+        import torch
+
+        class Tokens(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.proj = torch.nn.Conv2d(modality.channels, ctx.dim, ctx.patch_size, ctx.patch_size)
+
+            def forward(self, data):
+                return self.proj(data).flatten(2).transpose(1, 2)
+
+        return Tokens()
+
+    with pytest.raises(AssertionError, match=r"^modality 'thermal': its input adapter lacks image_size, "
+                                             r"no_weight_decay, patch, stride \(see multimae_cli.protocols"):
+        check_modality(_thermal(input_adapter=bare), train_step=False)
+
+
+def _scene_task(**changes):
+    from dataclasses import replace
+
+    from multimae_cli import Task
+
+    def head(ctx):
+        from multimae_cli import LinearHead
+
+        return LinearHead(ctx.dim, ctx.num_outputs)
+
+    def loss(options):
+        import torch
+
+        return torch.nn.CrossEntropyLoss(**options)
+
+    def metrics(num_outputs):
+        from multimae_cli import ClassificationMetrics
+
+        return ClassificationMetrics(num_outputs)
+
+    return replace(Task(name="scene-type", kind="classification", heads={"linear": head},
+                        losses={"cross_entropy": loss}, metrics=metrics), **changes)
+
+
+def test_kit_catches_metrics_that_average_batches_or_lack_the_protocol():
+    import torch
+
+    from multimae_cli import Metric
+    from multimae_cli.testing import check_task
+
+    check_task(_scene_task(), num_outputs=4)
+
+    class BatchMean(Metric):  # the official depth metrics' mistake: a mean of per-batch means
+        main, higher_is_better = "top1", True
+
+        def initial_state(self):
+            return {"sum": torch.zeros((), dtype=torch.float64), "batches": torch.zeros((), dtype=torch.float64)}
+
+        def update(self, pred, target):
+            right = (pred.argmax(1) == target).double().mean()
+            self.add(sum=right * 100 * (1 + len(target)), batches=torch.ones((), dtype=torch.float64))
+
+        def compute(self):
+            return {"top1": float(self.totals()["sum"] / self.totals()["batches"])}
+
+    with pytest.raises(AssertionError, match=r"over its samples one at a time: keep sums, not batch averages"):
+        check_task(_scene_task(metrics=lambda n: BatchMean()), num_outputs=4)
+
+    class NoDirection:
+        main = "top1"
+
+        def update(self, pred, target): ...
+
+        def compute(self):
+            return {"top1": 0.0}
+
+    with pytest.raises(AssertionError, match=r"its metrics lack higher_is_better, sync \(see multimae_cli.protocols"):
+        check_task(_scene_task(metrics=lambda n: NoDirection()), num_outputs=4)
+
+
+def test_kit_runs_targets_batched_and_one_at_a_time():
+    from dataclasses import replace
+
+    from multimae_cli.plugin.registry import get_registry
+    from multimae_cli.testing import check_task
+
+    depth = get_registry().task("depth")
+    check_task(depth)
+    batch_only = replace(depth, prepare_target=lambda target, scale: target[:, :1] / scale)  # indexes a batch dim
+    with pytest.raises(AssertionError, match=r"prepare_target of one sample \(1, 32, 32\) differs from its row of a "
+                                             r"batch \(2, 1, 32, 32\)"):
+        check_task(batch_only)
+
+
+def test_kit_catches_a_teacher_writing_unit_floats_to_an_8bit_modality():
+    from multimae_cli import Labeler, Teacher
+    from multimae_cli.testing import check_teacher
+
+    def load(request):
+        return Labeler(lambda samples: [s["rgb"].astype("float32") / 255 for s in samples])
+
+    unit = Teacher(name="recolour", load=load, produces=("rgb",))
+    with pytest.raises(AssertionError, match=r"^teacher 'recolour': a label of 'rgb' does not survive its file format "
+                                             r".*: its labels are floats in \[0, 1\] but 'rgb' files hold uint8 "
+                                             r"values \(0-255\); scale them"):
+        check_teacher(unit, "rgb")
+
+
+def test_checkpoints_record_the_plugin_behind_each_modality(tmp_path):
+    """The header names the distribution and version of each modality's plugin; loading without that plugin
+    says which one to install, and a subset of the model that does not need it still loads."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    from multimae_cli import save_model
+
+    config = ModelConfig(inputs=("rgb", "thermal"), outputs=("thermal",), image_size=32, patch_size=16, dim=32,
+                         depth=1, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_num_heads=2,
+                         num_encoded_tokens=2)
+    path = tmp_path / "model.safetensors"
+    save_model(create_model(config), path)
+    with safe_open(str(path), framework="pt") as handle:
+        origins = json.loads(handle.metadata()["multimae.plugins"])["modalities"]
+    assert origins["thermal"] == {"plugin": "thermal", "distribution": "multimae-plugin-thermal", "version": "0.1.0"}
+    assert origins["rgb"]["distribution"] == "multimae"
+    code = ("import sys\nfrom multimae_cli import CheckpointError, load_model\n"
+            f"load_model({str(path)!r}, inputs=('rgb',), outputs=())\n"
+            f"try:\n    load_model({str(path)!r})\nexcept CheckpointError as exc:\n    sys.exit(str(exc))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "MULTIMAE_LOAD_PLUGINS": "rgb"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"{path}: saved with the modality 'thermal', which the plugin 'thermal' of multimae-plugin-thermal 0.1.0 "
+        "defined: install it (pip install multimae-plugin-thermal); it is not registered here (registered: norm_rgb, "
+        "rgb)")
+
+
+def test_plugins_new_writes_a_package_whose_tests_pass(tmp_path):
+    """`multimae plugins new luma`: a modality, a task and a teacher; installed (here: its metadata on the path,
+    as pip would leave it), `multimae plugins` lists them and the package's own kit tests pass."""
+    import subprocess
+    import sys
+
+    result = run_cli("plugins", "new", "luma", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    root = tmp_path / "multimae-plugin-luma"
+    assert "pip install -e" in result.stdout and (root / "multimae_luma" / "__init__.py").is_file()
+    info = root / "multimae_plugin_luma-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: multimae-plugin-luma\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[multimae]\nluma = multimae_luma\n")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    listed = run_cli("plugins", "--json", env={"PYTHONPATH": str(root), "MULTIMAE_LOAD_PLUGINS": "rgb,luma"})
+    luma = {row["name"]: row for row in json.loads(listed.stdout)}["luma"]
+    assert (luma["modalities"], luma["tasks"], luma["teachers"], luma["api"]) == (["luma"], ["luma"], ["luma"], 3)
+    assert luma["error"] is None and luma["source"] == "multimae-plugin-luma"
+    help_text = run_cli("pseudolabel", "--help", env={"PYTHONPATH": str(root), "COLUMNS": "200"}).stdout
+    assert re.search(r"Teachers from plugins:\s+luma\s+luma from rgb \(luminance\) \(multimae-plugin-luma\)", help_text)
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                            str(root / "tests")], capture_output=True, text=True, env=env, cwd=root)
+    assert tests.returncode == 0 and "4 passed" in tests.stdout, tests.stdout + tests.stderr
+    again = run_cli("plugins", "new", "luma", "--out", str(tmp_path))
+    assert again.returncode == 2 and again.stderr == f"error: {root}: already exists; choose another name or folder\n"
+
+
+def test_modality_options_are_declared_by_the_plugin_and_set_from_configs(tmp_path):
+    """`model.modality_options.NAME.KEY`: the plugin declares the option and its default, a config sets it, the
+    checkpoint keeps the resolved value; an undeclared key or a modality outside the model is one line."""
+    from dataclasses import replace
+
+    from multimae_cli import ConfigError, MaskedMSE, create_objective
+    from multimae_cli.model.losses import MaskedL1Loss, MaskedMSELoss
+
+    def loss(modality, patch_size):
+        return (MaskedL1() if modality.options["loss"] == "l1" else MaskedMSE())(modality, patch_size)
+
+    class Plugin:
+        @hookimpl
+        def register_modalities(self, register):
+            register(replace(_thermal(), loss=loss, options={"loss": "l1"}))
+
+    registry = Registry()
+    registry.register(Plugin(), name="thermal")
+    tiny = dict(inputs=("thermal",), outputs=("thermal",), image_size=32, patch_size=16, dim=32, depth=1,
+                num_heads=2, decoder_dim=32, decoder_depth=1, decoder_num_heads=2, num_encoded_tokens=2)
+    assert isinstance(create_objective(ModelConfig(**tiny), registry=registry).losses["thermal"], MaskedL1Loss)
+    chosen = ModelConfig(**tiny, modality_options={"thermal": {"loss": "mse"}})
+    assert isinstance(create_objective(chosen, registry=registry).losses["thermal"], MaskedMSELoss)
+    model = create_model(ModelConfig(**tiny), registry)
+    assert model.config.modality_options == {"thermal": {"loss": "l1"}}  # the default, written out
+    with pytest.raises(ConfigError, match=r"^modality_options\.thermal\.losss: unknown option \(thermal's "
+                                          r"options: loss\)$"):
+        create_objective(ModelConfig(**tiny, modality_options={"thermal": {"losss": "mse"}}), registry=registry)
+    with pytest.raises(ConfigError, match=r"^modality_options\.depth: 'depth' is not an input or output of this "
+                                          r"model \(thermal\)$"):
+        create_model(ModelConfig(**tiny, modality_options={"depth": {"loss": "mse"}}), registry)

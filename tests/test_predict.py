@@ -62,9 +62,8 @@ def test_predict_photo_writes_every_output_at_the_original_size(tmp_path, photo,
 
 
 def test_predict_single_file_extra_input_and_masking(tmp_path, photo, checkpoint):
+    from multimae_cli.infer.predict import predict
     from multimae_plugins import depth, rgb, semseg
-
-    from multimae_cli.predict import predict
 
     rgb_image = rgb.read(photo)
     depth_file = tmp_path / "d.png"
@@ -84,9 +83,8 @@ def test_predict_single_file_extra_input_and_masking(tmp_path, photo, checkpoint
 
 
 def test_predict_folder_mirrors_the_tree_and_any_aspect(tmp_path, checkpoint):
+    from multimae_cli.infer.predict import predict
     from multimae_plugins import depth, rgb
-
-    from multimae_cli.predict import predict
 
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
@@ -102,7 +100,7 @@ def test_predict_folder_mirrors_the_tree_and_any_aspect(tmp_path, checkpoint):
 
 
 def test_checkpoint_resolution(tmp_path, photo, checkpoint, monkeypatch):
-    from multimae_cli.predictor import CHECKPOINT_ENV, find_checkpoint
+    from multimae_cli.infer.predictor import CHECKPOINT_ENV, find_checkpoint
 
     monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
     result = run_cli("predict", str(photo), "--out", str(tmp_path / "x"), cwd=tmp_path,
@@ -126,7 +124,7 @@ def test_checkpoint_resolution(tmp_path, photo, checkpoint, monkeypatch):
 def test_rgb_that_is_16_bit_grey_or_4_channel_is_converted(tmp_path, checkpoint):
     import cv2
 
-    from multimae_cli.predict import predict
+    from multimae_cli.infer.predict import predict
 
     rng = np.random.default_rng(1)
     cv2.imwrite(str(tmp_path / "deep.png"), rng.integers(0, 65535, (48, 40, 3), dtype=np.uint16))
@@ -178,12 +176,11 @@ def test_predict_bad_files(tmp_path, photo, checkpoint):
 
 def test_predict_with_fine_tuned_checkpoints(tmp_path, photo):
     """Task heads: metric depth written in millimetres, class ids, and top classes for classification."""
+    from multimae_cli.formats.load import save_model
+    from multimae_cli.infer.predict import predict
+    from multimae_cli.plugin.factory import build_task_model
+    from multimae_cli.plugin.registry import get_registry
     from multimae_plugins import depth
-
-    from multimae_cli.formats import save_model
-    from multimae_cli.predict import predict
-    from multimae_cli.registry import get_registry
-    from multimae_cli.task import build_task_model
 
     config = ModelConfig(inputs=("rgb",), outputs=(), image_size=(32, 32), patch_size=8, dim=32, depth=4, num_heads=2,
                          num_encoded_tokens=4)

@@ -18,11 +18,12 @@ from conftest import interrupt_after_step, run_cli
 
 from multimae_cli.config import PretrainConfig, load_pretrain_config
 from multimae_cli.data.folder import epoch_and_index
-from multimae_cli.errors import ConfigError, InputError
-from multimae_cli.formats import load_model
+from multimae_cli.errors import ConfigError, InputError, TrainingStopped
+from multimae_cli.formats.load import load_model
+from multimae_cli.plugin.factory import pretrain_model_config
 from multimae_cli.train import checkpoint as ckpt
 from multimae_cli.train import pretrain as pretrain_module
-from multimae_cli.train.pretrain import TrainingStopped, pretrain
+from multimae_cli.train.pretrain import pretrain
 
 TINY = {"model": {"image_size": 32, "depth": 2, "dim": 64, "num_heads": 2, "decoder_dim": 32,
                   "decoder_num_heads": 2, "decoder_depth": 1, "inputs": ["rgb", "depth", "semseg"]},
@@ -326,7 +327,7 @@ def test_example_configs_are_valid(name):
     from conftest import REPO
 
     config = load_pretrain_config(str(REPO / "examples" / "configs" / name))
-    model = config.model_config_resolved()
+    model = pretrain_model_config(config)
     assert model.inputs == ("rgb", "depth", "semseg") and model.outputs[-1] == "norm_rgb"
     if "official" in name:
         assert (model.dim, model.num_encoded_tokens, config.epochs, config.batch_size) == (768, 98, 1600, 256)

@@ -16,11 +16,11 @@ from conftest import run_cli
 
 from multimae_cli import Teacher
 from multimae_cli.data.check import check_dataset
-from multimae_cli.data.synthetic import DEPTH_SCALE, FLOOR, WALL, render_scene
+from multimae_cli.data.synthetic.scenes import DEPTH_SCALE, FLOOR, WALL, render_scene
 from multimae_cli.errors import ConfigError, InputError, UnknownModalityError
-from multimae_cli.pseudolabel import parse_teacher_options, pseudolabel
-from multimae_cli.registry import get_registry
-from multimae_cli.teacher import TeacherSpec
+from multimae_cli.infer.pseudolabel import parse_teacher_options, pseudolabel
+from multimae_cli.plugin.registry import get_registry
+from multimae_cli.plugin.teacher import TeacherSpec
 
 SIZE = (48, 64)
 
@@ -243,8 +243,8 @@ def test_bad_requests_fail_before_anything_is_written(tmp_path, rgb_dir, hf_dirs
     import torch
 
     from multimae_cli import ModelConfig, create_model, save_model
-    from multimae_cli.registry import get_registry
-    from multimae_cli.task import build_task_model
+    from multimae_cli.plugin.factory import build_task_model
+    from multimae_cli.plugin.registry import get_registry
 
     out = tmp_path / "dataset"
     (tmp_path / "broken").mkdir()
@@ -312,6 +312,7 @@ def test_mask_classification_outputs_become_label_maps():
     """Mask2Former-style outputs (needs scipy to build in transformers, so faked here): each pixel takes the
     class whose queries' masks cover it, weighted by the queries' class probabilities."""
     import torch
+
     from multimae_plugins.teachers import semantic_scores
 
     classes = torch.full((1, 2, 4), -9.0)  # two queries, three classes + "no object"

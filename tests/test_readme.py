@@ -16,10 +16,16 @@ def test_readme_training_step_example():
 
 
 def test_every_package_is_in_the_distribution():
-    """pyproject lists the packages by name: a new subpackage left out works in an editable install and is
-    missing from the wheel."""
+    """setuptools' discovery, as pyproject configures it, finds every package: a subpackage left out works in an
+    editable install and is missing from the wheel."""
     import tomllib
+    from setuptools import find_packages
 
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "multimae_cli").rglob("__init__.py")}
-    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    listed = set(find_packages(where=str(REPO), include=include))
+    found = {".".join(init.parent.relative_to(REPO).parts)
+             for package in ("multimae_cli", "multimae_plugins") for init in (REPO / package).rglob("__init__.py")}
+    assert found <= listed, f"not found by pyproject's package discovery: {sorted(found - listed)}"
+    assert not {name for name in listed if not name.startswith(("multimae_cli", "multimae_plugins"))}
+
+

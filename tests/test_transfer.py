@@ -16,10 +16,10 @@ from test_finetune import settings
 from multimae_cli import ModelConfig
 from multimae_cli.config import FinetuneConfig, build_config
 from multimae_cli.data.preview import preview_grid
-from multimae_cli.formats import load_model, load_task_model
+from multimae_cli.formats.load import load_model, load_task_model
 from multimae_cli.model.heads import DenseLinearHead
 from multimae_cli.model.layers import TokenLayout
-from multimae_cli.registry import get_registry
+from multimae_cli.plugin.registry import get_registry
 from multimae_cli.train.crossmodal import align, cross_modal_quality, quality_line
 from multimae_cli.train.finetune import finetune
 
@@ -56,10 +56,10 @@ def test_linear_probe_trains_the_head_alone(tmp_path, encoder, task, main):
 
 
 def test_frozen_encoder_stays_in_eval_mode(encoder):
-    from multimae_cli.model.finetune import FinetuneModel
+    from multimae_cli.model.multimae import FinetuneModel
 
     backbone = load_model(encoder, inputs=("rgb",), outputs=(), drop_path_rate=0.5)
-    model = FinetuneModel(backbone, DenseLinearHead(32, 1, 8)).freeze_backbone().train()
+    model = FinetuneModel(backbone, DenseLinearHead(32, 1, 8, main_modalities=("rgb",))).freeze_backbone().train()
     assert model.head.training and not model.backbone.training
     inputs = {"rgb": torch.randn(2, 3, 32, 32)}
     assert torch.equal(model(inputs), model(inputs))  # no stochastic depth

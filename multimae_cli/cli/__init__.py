@@ -35,7 +35,7 @@ def build_app() -> typer.Typer:
     plugins.register(app)
     info.register(app)
     data.register(app)
-    from ..registry import get_registry
+    from ..plugin.registry import get_registry
 
     get_registry().add_commands(app)
     return app

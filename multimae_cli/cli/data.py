@@ -24,7 +24,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_modalities(text: str) -> dict:
-    from ..registry import get_registry
+    from ..plugin.registry import get_registry
 
     registry = get_registry()
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         """Render procedural 3-D scenes (rgb, depth, normals, semseg) into the folder layout."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        from ..data.synth_io import MODALITIES, write_preview, write_synthetic
+        from ..data.synthetic.io import MODALITIES, write_preview, write_synthetic
 
         hw = parse_size(size)
         modalities = parse_modalities(",".join(MODALITIES))

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
-from .pretrain import summary_line
+from .output import summary_line
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:

@@ -12,7 +12,7 @@ import typer
 def checkpoint_info(path: Path) -> dict:
     """The config a checkpoint rebuilds to, its tensor and parameter counts (encoder and decoders; a fine-tuned
     file's head apart), and a fine-tuned file's task record."""
-    from ..formats import checkpoint_file, read_checkpoint, read_task_info
+    from ..formats.load import checkpoint_file, read_checkpoint, read_task_info
 
     state_dict, config = read_checkpoint(path)
     info = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -10,7 +11,7 @@ import typer
 def list_plugins() -> list[dict]:
     """Every discovered plugin as a dict: name, module, source (built-in, a distribution or registered in code),
     builtin, distribution, version, api (its MULTIMAE_API), modalities, tasks, teachers, error."""
-    from ..registry import get_registry
+    from ..plugin.registry import get_registry
 
     registry = get_registry()
     registry.modalities()  # collect registrations, recording plugins that fail in their hooks
@@ -20,10 +21,29 @@ def list_plugins() -> list[dict]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("plugins", short_help="List the loaded plugins, what each adds, and why any failed.")
-    def plugins_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    plugins = typer.Typer(no_args_is_help=False)
+    app.add_typer(plugins, name="plugins",
+                  short_help="List the loaded plugins, what each adds, and why any failed; `new` starts one.")
+
+    @plugins.command("new")
+    def new_command(
+        name: str = typer.Argument(..., help="The plugin's name: lower-case letters, digits, _ (e.g. luma)."),
+        out: Path = typer.Option(Path("."), "--out", help="Folder to write multimae-plugin-NAME/ into."),
+    ) -> None:
+        """Write a plugin package to start from: a modality, a fine-tuning task and a pseudo-labelling teacher
+        named NAME, with tests that run the conformance kit (they pass as written)."""
+        from ..plugin.template import new_plugin
+
+        root = new_plugin(name, out)
+        typer.echo(f"wrote {root}; next: pip install -e {root} && pytest {root / 'tests'}")
+
+    @plugins.callback(invoke_without_command=True)
+    def plugins_command(ctx: typer.Context,
+                        as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
         """List the loaded plugins: where each comes from (built-in or its distribution), its version, what it
-        adds, and why it failed if it did."""
+        adds, and why it failed if it did. `multimae plugins new NAME` writes a plugin package to start from."""
+        if ctx.invoked_subcommand is not None:
+            return
         rows = list_plugins()
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
@@ -31,7 +51,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from .. import API_VERSION, __version__
+        from .._version import __version__
+        from ..plugin.hookspecs import API_VERSION
 
         table = Table("plugin", "source", "version", "api", "adds", "status",
                       caption=f"multimae {__version__}, plugin API {API_VERSION}")

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         inputs = parse_inputs(extra)
         from rich.progress import Progress
 
-        from ..predict import predict
+        from ..infer.predict import predict
 
         with Progress(disable=quiet or as_json, transient=True) as bar:
             handle = bar.add_task("predicting", total=None)

@@ -9,15 +9,7 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
-
-
-def summary_line(summary: dict) -> str:
-    """What a finished (or already finished) training run reports: steps, loss first -> last, checkpoint."""
-    first, final = summary["first_loss"], summary["final_loss"]
-    if first is None:
-        return f"nothing to do: the run is already at step {summary['steps']}; checkpoint {summary['checkpoint']}"
-    loss = f"{final:.4f}" if first == final else f"{first:.4f} -> {final:.4f}"
-    return f"done: {summary['steps']} steps, loss {loss}; checkpoint {summary['checkpoint']}"
+from .output import summary_line
 
 
 def register(app: typer.Typer) -> None:

@@ -36,8 +36,22 @@ finishes what an interrupted run left. Nothing is replaced without
 --overwrite."""
 
 
+def plugin_teachers_help() -> str:
+    """The teachers that installed plugins add, for the help text (the built-ins are described above)."""
+    from ..plugin.registry import get_registry
+
+    registry = get_registry()
+    rows = []
+    for name, teacher in sorted(registry.teachers().items()):
+        origin = registry.origin("teachers", name) or {}
+        if origin.get("distribution") not in ("multimae", None):
+            makes = ", ".join(teacher.produces) or "any"
+            rows.append(f"  {name:<21} {teacher.description or 'makes ' + makes} ({origin['distribution']})")
+    return "\n\n\b\nTeachers from plugins:\n" + "\n".join(rows) if rows else ""
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("pseudolabel", help=HELP,
+    @app.command("pseudolabel", help=HELP + plugin_teachers_help(),
                  short_help="Make depth, semseg, normals, ... for an rgb folder with teacher models.")
     def pseudolabel_command(
         rgb_dir: Path = typer.Argument(..., help="Folder of rgb images (searched recursively)."),
@@ -59,7 +73,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from ..pseudolabel import parse_teacher_options, pseudolabel
+        from ..infer.pseudolabel import parse_teacher_options, pseudolabel
 
         names = [name.strip() for name in modalities.split(",") if name.strip()]
         specs = parse_teacher_options(teacher or [])

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import InputError
-from ..modality import Modality
+from ..plugin.modality import Modality
 from .folder import read_checked, scan_split
 
 

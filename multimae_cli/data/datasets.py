@@ -10,9 +10,9 @@ import torch
 
 from ..config import workers_setting
 from ..errors import ConfigError
-from ..modality import Modality
+from ..plugin.modality import Modality
 from .folder import epoch_and_index
-from .synthetic import render_scene
+from .synthetic.scenes import render_scene
 
 
 class SyntheticDataset:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..modality import Modality
+from ..plugin.modality import Modality
 
 
 @dataclass

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..modality import Modality
+from ..plugin.modality import Modality
 from .transforms import resize
 
 

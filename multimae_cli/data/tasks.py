@@ -14,7 +14,7 @@ import torch
 
 from ..config import FinetuneConfig
 from ..errors import InputError
-from ..task import Task
+from ..plugin.task import Task
 from .datasets import SyntheticDataset
 from .folder import FolderDataset, epoch_and_index
 from .transforms import MultiModalTransform, to_tensor
@@ -100,7 +100,7 @@ def build_source(config: FinetuneConfig, modalities: dict, split: str, train: bo
     """The raw sample source of a split: synthetic scenes (a split is its own scene stream) or a folder."""
     data = config.data
     if data.source == "synthetic":
-        from ..data.synth_io import split_seed
+        from .synthetic.io import split_seed
 
         size = data.render_size or max(config_size(config))
         length = data.synthetic_scenes if train else data.val_scenes
@@ -130,7 +130,7 @@ def declared_classes(config: FinetuneConfig) -> int | None:
     """The label classes a dataset declares: the synthetic scenes' list, or `classes` in a folder's
     `dataset.json`."""
     if config.data.source == "synthetic":
-        from ..data.synthetic import CLASSES
+        from .synthetic.scenes import CLASSES
 
         return len(CLASSES)
     import json

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..modality import Modality
+from ..plugin.modality import Modality
 
 
 @dataclass(frozen=True)

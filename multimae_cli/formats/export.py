@@ -7,9 +7,7 @@ an existing file half-way.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,16 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, InputError
-from ..io import publish
-from . import load_model, load_task_model, read_checkpoint, read_task_info, save_model
+from ..io import write_checked
+from .load import (
+    PLUGINS_KEY,
+    load_model,
+    load_task_model,
+    plugin_origins,
+    read_checkpoint,
+    read_task_info,
+    save_model,
+)
 from .native import write_native
 from .official import official_to_timm
 
@@ -45,20 +51,11 @@ def timm_model_args(config: ModelConfig) -> tuple[str | None, dict[str, Any]]:
     return name, kwargs
 
 
-def _atomic(out: Path, write: Callable[[Path], None], check: Callable[[Path], None]) -> None:
-    """write(tmp); check(tmp); rename to `out`. On any failure the temporary file is removed."""
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist")
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix or ".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        check(tmp)
-        publish(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def origins(config: ModelConfig) -> dict[str, str]:
+    """The header entry recording the plugin behind each modality."""
+    import json
+
+    return {PLUGINS_KEY: json.dumps(plugin_origins(config, None))}
 
 
 def _same_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str) -> None:
@@ -101,7 +98,7 @@ def export_model(checkpoint: str | Path, format: str, out: str | Path, *, inputs
             if found_config != config:
                 raise CheckpointError(f"{out}: re-loaded config differs from the model's")
 
-        _atomic(out, lambda tmp: write_native(state, config, tmp), check_native)
+        write_checked(out, lambda tmp: write_native(state, config, tmp, extra=origins(config)), check_native)
     elif format == "official":
         args = {"num_heads": config.num_heads, "decoder_num_heads": config.decoder_num_heads,
                 "num_encoded_tokens": config.num_encoded_tokens}
@@ -116,7 +113,7 @@ def export_model(checkpoint: str | Path, format: str, out: str | Path, *, inputs
             if found_config.model_dump(exclude=untold) != config.model_dump(exclude=untold):
                 raise CheckpointError(f"{out}: the architecture read back differs from the model's")
 
-        _atomic(out, lambda tmp: torch.save({"model": state, "args": args}, tmp), check_official)
+        write_checked(out, lambda tmp: torch.save({"model": state, "args": args}, tmp), check_official)
     else:
         summary.update(_export_timm(model, state, out))
     return summary
@@ -133,7 +130,7 @@ def _export_task_model(checkpoint: str | Path, out: Path) -> dict[str, Any]:
         if again.task_info != model.task_info or again.config != model.config:
             raise CheckpointError(f"{out}: the fine-tuning record read back differs from the model's")
 
-    _atomic(out, lambda tmp: save_model(model, tmp), check)
+    write_checked(out, lambda tmp: save_model(model, tmp), check)
     return {"task": model.task_info["task"]}
 
 
@@ -160,7 +157,7 @@ def _export_timm(model, state: dict[str, torch.Tensor], out: Path) -> dict[str, 
 
             from safetensors.torch import save_file
 
-            from . import TIMM_ARGS_KEY
+            from .load import TIMM_ARGS_KEY
 
             record = {"timm_model": name, **kwargs, "num_heads": config.num_heads}  # `import timm` reads it back
             metadata = {"format": "pt", TIMM_ARGS_KEY: json.dumps(record)}
@@ -181,7 +178,7 @@ def _export_timm(model, state: dict[str, torch.Tensor], out: Path) -> dict[str, 
         if error > 1e-4:
             raise CheckpointError(f"{out}: timm's features differ from ours by {error:.2e}")
 
-    _atomic(out, write, check)
+    write_checked(out, write, check)
     call = f"timm.create_model({name!r}" if name else "timm.models.VisionTransformer("
     arguments = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     return {"timm_model": name, "timm_kwargs": kwargs,
@@ -227,7 +224,7 @@ def import_model(kind: str, source: str | Path, out: str | Path, overwrite: bool
         if found_config != model.config:
             raise CheckpointError(f"{out}: re-loaded config differs from the model's")
 
-    _atomic(out, lambda tmp: write_native(state, model.config, tmp), check)
+    write_checked(out, lambda tmp: write_native(state, model.config, tmp, extra=origins(model.config)), check)
     config = model.config
     return {"out": str(out), "source": str(source), "inputs": list(config.inputs), "outputs": list(config.outputs),
             "dim": config.dim, "depth": config.depth, "num_heads": config.num_heads,

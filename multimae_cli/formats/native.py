@@ -27,7 +27,7 @@ def write_native(state_dict: dict[str, torch.Tensor], config: ModelConfig, path:
     """Write tensors + config atomically (temporary file in the same folder, then rename)."""
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from .._version import __version__
 
     path = Path(path)
     if not path.parent.is_dir():

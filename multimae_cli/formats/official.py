@@ -18,7 +18,7 @@ import torch
 
 from ..config import ModelConfig, build_config
 from ..errors import CheckpointError
-from ..registry import Registry, get_registry
+from ..plugin.registry import Registry, get_registry
 
 DEFAULT_NUM_HEADS = 12
 DEFAULT_DECODER_NUM_HEADS = 8

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, MultiMAEError
-from . import load_model, load_task_model, read_task_info
+from .load import load_model, load_task_model, read_task_info
 
 EXTRA_HINT = "pip install 'multimae[onnx]'"
 
@@ -54,7 +54,7 @@ class TaskPredictor(nn.Module):
 def example_inputs(model: nn.Module, inputs: Sequence[str], image_size: tuple[int, int],
                    batch_size: int) -> list[torch.Tensor]:
     """Random inputs of the right shapes and dtypes (labels as class ids)."""
-    from ..factory import resolve_modalities
+    from ..plugin.factory import resolve_modalities
 
     modalities = resolve_modalities(model.config)
     generator = torch.Generator().manual_seed(0)
@@ -78,7 +78,7 @@ def export_onnx(checkpoint: str | Path, out: Path, inputs: Sequence[str] | None 
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
         raise MultiMAEError(f"--format onnx needs the optional ONNX extra: {EXTRA_HINT}") from None
-    from .export import _atomic
+    from ..io import write_checked
 
     task_info = read_task_info(checkpoint)
     if task_info is not None:
@@ -122,7 +122,7 @@ def export_onnx(checkpoint: str | Path, out: Path, inputs: Sequence[str] | None 
         if worst > tolerance:
             raise MultiMAEError(f"{out}: onnxruntime differs from torch by {worst:.2e} (> {tolerance:g})")
 
-    _atomic(out, write, check)
+    write_checked(out, write, check)
     return {"format": "onnx", "out": str(out), "source": str(checkpoint), "inputs": names,
             "outputs": outputs, "image_size": list(size), "batch_size": batch_size, "max_abs_error": error}
 

@@ -83,7 +83,7 @@ class DenseLinearHead(nn.Module):
     needs_all_layers: ClassVar[bool] = False
 
     def __init__(self, dim: int, num_outputs: int, patch_size: int, *,
-                 main_modalities: Sequence[str] = ("rgb",)) -> None:
+                 main_modalities: Sequence[str]) -> None:
         super().__init__()
         self.main_modalities = tuple(main_modalities)
         self.patch_size = patch_size
@@ -133,7 +133,7 @@ class ConvNeXtHead(nn.Module):
     needs_all_layers: ClassVar[bool] = False
 
     def __init__(self, dim: int, num_classes: int, *, embed_dim: int = 6144, preds_per_patch: int = 16,
-                 depth: int = 4, main_modalities: Sequence[str] = ("rgb",),
+                 depth: int = 4, main_modalities: Sequence[str],
                  interpolate_mode: str = "bilinear") -> None:
         super().__init__()
         side = round(preds_per_patch**0.5)
@@ -246,7 +246,7 @@ class DPTHead(nn.Module):
     }
 
     def __init__(self, dim: int, num_outputs: int, hooks: Sequence[int] | None = None, *,
-                 main_modalities: Sequence[str] = ("rgb",), layer_dims: Sequence[int] = (96, 192, 384, 768),
+                 main_modalities: Sequence[str], layer_dims: Sequence[int] = (96, 192, 384, 768),
                  feature_dim: int = 256, use_bn: bool = False,
                  head_type: Literal["regression", "semseg"] = "regression") -> None:
         super().__init__()

@@ -10,9 +10,20 @@ masked loss, colourising, a tiny training step) on small synthetic data and rais
 line naming the record and the problem. Everything runs on the CPU in about a second per record.
 """
 
-from ._common import DIM, IMAGE_SIZE, PATCH_SIZE, SAMPLE_SIZE, file_array, make_sample, registered_modality
+from ._common import (
+    DIM,
+    IMAGE_SIZE,
+    PATCH_SIZE,
+    SAMPLE_SIZE,
+    file_array,
+    make_sample,
+    registered_modality,
+    registered_task,
+    registered_teacher,
+)
 from .extensions import check_plugin, check_task, check_teacher
 from .modalities import check_modality
 
 __all__ = ["DIM", "IMAGE_SIZE", "PATCH_SIZE", "SAMPLE_SIZE", "check_modality", "check_plugin", "check_task",
-           "check_teacher", "file_array", "make_sample", "registered_modality"]
+           "check_teacher", "file_array", "make_sample", "registered_modality", "registered_task",
+           "registered_teacher"]

@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modality import Modality
-from ..registry import Registry, get_registry
+from ..plugin.modality import Modality
+from ..plugin.registry import Registry, get_registry
+from ..plugin.task import Task
+from ..plugin.teacher import Teacher
 
 INTERPOLATIONS = ("nearest", "linear", "cubic", "area")
 IMAGE_SIZE = 32  # the tiny model's input size: 2 x 2 tokens of 16 px
@@ -46,6 +48,22 @@ def registered_modality(name: str, registry: Registry | None = None) -> Modality
     _check(name in modalities, f"modality {name!r}",
            f"not registered (registered: {', '.join(sorted(modalities)) or 'none'}); is the plugin installed?")
     return modalities[name]
+
+
+def registered_task(name: str, registry: Registry | None = None) -> Task:
+    """The task `name` as discovered through the entry points."""
+    tasks = (registry or get_registry()).tasks()
+    _check(name in tasks, f"task {name!r}",
+           f"not registered (registered: {', '.join(sorted(tasks)) or 'none'}); is the plugin installed?")
+    return tasks[name]
+
+
+def registered_teacher(name: str, registry: Registry | None = None) -> Teacher:
+    """The teacher `name` as discovered through the entry points."""
+    teachers = (registry or get_registry()).teachers()
+    _check(name in teachers, f"teacher {name!r}",
+           f"not registered (registered: {', '.join(sorted(teachers)) or 'none'}); is the plugin installed?")
+    return teachers[name]
 
 
 def _check_layout(modality: Modality, what: str, array: np.ndarray, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import tempfile
@@ -12,17 +13,23 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..modality import Modality
-from ..registry import PluginInfo, Registry, get_registry
-from ..task import Task, build_task_model
-from ..teacher import Teacher, TeacherRequest
-from ._common import DIM, PATCH_SIZE, _call, _check, _check_grads, _check_layout, make_sample
+from ..data.tasks import prepare_target
+from ..plugin import protocols
+from ..plugin.factory import build_task_model
+from ..plugin.modality import Modality
+from ..plugin.registry import PluginInfo, Registry, get_registry
+from ..plugin.task import Task
+from ..plugin.teacher import Teacher, TeacherRequest
+from ._common import DIM, PATCH_SIZE, _call, _check, _check_grads, _check_layout, _fail, make_sample
 
 
 def check_task(task: Task, num_outputs: int | None = None, *, inputs: Sequence[str] = ("rgb",),
                registry: Registry | None = None) -> None:
-    """Every head gives the task's output shape, every loss a finite scalar with gradient to the head, the
-    metrics report their main value. Heads sit on a tiny rgb encoder (4 blocks: DPT reads several layers)."""
+    """Every head gives the task's output shape, every loss a finite scalar with gradient to the head, and the
+    metrics (the `protocols.Metric` contract) report their main value. Targets go through the engine's own
+    preparation, as a batch (training) and one sample at a time (previews, evaluation at full resolution), which
+    must agree; so must the metrics fed per batch and per sample. Heads sit on a tiny rgb encoder (4 blocks: DPT
+    reads several layers)."""
     registry = registry or get_registry()
     what = f"task {task.name!r}"
     _check(task.kind in ("classification", "dense"), what, f"kind must be 'classification' or 'dense', got "
@@ -42,11 +49,16 @@ def check_task(task: Task, num_outputs: int | None = None, *, inputs: Sequence[s
         files = [make_sample(target, (size * target.stride,) * 2, seed) for seed in range(2)]  # at image size
         from ..data.transforms import to_tensor
 
-        labels = torch.stack([to_tensor(array, target) for array in files])
-        if task.prepare_target is not None:
-            labels = _call(what, "prepare_target", task.prepare_target, labels, 1000.0)
+        raw = torch.stack([to_tensor(array, target) for array in files])
+        labels = _call(what, "prepare_target of a batch", prepare_target, task, raw, 1000.0, False)
+        for i in range(len(raw)):
+            alone = _call(what, "prepare_target of one sample", prepare_target, task, raw[i], 1000.0, False)
+            _check(isinstance(alone, torch.Tensor) and alone.shape == labels[i].shape and
+                   bool(torch.equal(alone, labels[i])), what,
+                   f"prepare_target of one sample {tuple(raw[i].shape)} differs from its row of a batch "
+                   f"{tuple(raw.shape)}: it must work on both (batches in training, one sample in previews)")
     expected = (2, num_outputs) if task.kind == "classification" else (2, num_outputs, size, size)
-    from ..factory import create_model
+    from ..plugin.factory import create_model
 
     for head in task.heads:
         config = ModelConfig(inputs=tuple(inputs), outputs=(), image_size=size, patch_size=PATCH_SIZE, dim=DIM,
@@ -66,11 +78,24 @@ def check_task(task: Task, num_outputs: int | None = None, *, inputs: Sequence[s
             loss.backward(retain_graph=True)
             _check_grads(model.head, what, f"head {head!r} (loss {name!r})")
         metrics = _call(what, "metrics factory", task.metrics, num_outputs)
+        lacking = protocols.missing(metrics, protocols.Metric)
+        _check(not lacking, what, f"its metrics lack {', '.join(lacking)} (see multimae_cli.protocols.Metric; "
+                                  f"subclass multimae_cli.Metric)")
+        _check(isinstance(metrics.higher_is_better, bool), what, "metrics.higher_is_better must be True or False")
         _call(what, "metrics update", metrics.update, prediction.detach(), labels)
+        _call(what, "metrics sync", metrics.sync)
         report = _call(what, "metrics compute", metrics.compute)
         _check(isinstance(report, Mapping) and metrics.main in report, what,
                f"metrics report {sorted(report) if isinstance(report, Mapping) else report!r} lacks their main "
                f"value {metrics.main!r}")
+        one_by_one = task.metrics(num_outputs)
+        for i in range(len(labels)):
+            _call(what, "metrics update", one_by_one.update, prediction.detach()[i:i + 1], labels[i:i + 1])
+        single = one_by_one.compute()[metrics.main]
+        _check(math.isclose(single, report[metrics.main], rel_tol=1e-6, abs_tol=1e-9) or
+               (math.isnan(single) and math.isnan(report[metrics.main])), what,
+               f"metric {metrics.main!r} is {report[metrics.main]} over a batch but {single} over its samples one "
+               f"at a time: keep sums, not batch averages (see multimae_cli.Metric)")
 
 
 # ---------------------------------------------------------------- teachers
@@ -104,9 +129,29 @@ def check_teacher(teacher: Teacher, modality: Modality | str, arg: str | None = 
         _check_layout(modality, what, label, f"a label of {modality.name!r}")
     if modality.write is not None and modality.read is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"label{modality.extensions[0]}"
-            _call(what, f"the {modality.name!r} writer on its label", modality.write, path, labels[0])
-            _call(what, f"the {modality.name!r} reader on its label", modality.read, path)
+            for index, label in enumerate(labels[:2]):
+                path = Path(tmp) / f"label{index}{modality.extensions[0]}"
+                _call(what, f"the {modality.name!r} writer on its label", modality.write, path, label)
+                back = _call(what, f"the {modality.name!r} reader on its label", modality.read, path)
+                _check_kept(modality, what, label, back)
+
+
+def _check_kept(modality: Modality, what: str, label: np.ndarray, back: np.ndarray) -> None:
+    """A label survives the modality's file format: values in the range and type the files hold (a teacher
+    returning 0-1 floats for an 8-bit modality would write black labels)."""
+    label64, back64 = label.astype(np.float64), np.asarray(back).astype(np.float64)
+    if label64.shape != back64.shape:
+        _fail(what, f"a {label.shape} label of {modality.name!r} reads back from its file as {back64.shape}")
+    span = max(float(np.abs(label64).max(initial=0)), 1e-6)
+    error = float(np.abs(back64 - label64).max(initial=0))
+    exact = modality.kind == "labels" or label.dtype.kind in "iub"
+    if error > (0.0 if exact else 0.02 * span):
+        hint = ""
+        if label.dtype.kind == "f" and np.asarray(back).dtype.kind in "iu" and label64.max(initial=0) <= 1.0:
+            hint = (f": its labels are floats in [0, 1] but {modality.name!r} files hold "
+                    f"{np.asarray(back).dtype} values (0-{np.iinfo(np.asarray(back).dtype).max}); scale them")
+        _fail(what, f"a label of {modality.name!r} does not survive its file format (values up to "
+                    f"{label64.max(initial=0):.4g}, read back off by up to {error:.4g}){hint}")
 
 
 # ---------------------------------------------------------------- plugin modules

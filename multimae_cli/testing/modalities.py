@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..hookspecs import hookimpl
-from ..modality import AdapterContext, Modality
-from ..registry import Registry, get_registry
+from ..plugin import protocols
+from ..plugin.hookspecs import hookimpl
+from ..plugin.modality import AdapterContext, Modality
+from ..plugin.registry import Registry, get_registry
 from ._common import (
     DIM,
     IMAGE_SIZE,
@@ -269,6 +270,11 @@ def _check_input_adapter(modality: Modality, what: str, batch: torch.Tensor) -> 
     adapter = _call(what, "input_adapter factory", modality.input_adapter, modality, context)
     _check(isinstance(adapter, nn.Module), what, f"input_adapter must return an nn.Module, got "
                                                  f"{type(adapter).__name__}")
+    lacking = protocols.missing(adapter, protocols.InputAdapter)
+    _check(not lacking, what, f"its input adapter lacks {', '.join(lacking)} (see multimae_cli.protocols.InputAdapter)")
+    _check(adapter.stride == modality.stride and adapter.patch == max(1, PATCH_SIZE // modality.stride), what,
+           f"its input adapter has stride {adapter.stride} and patch {adapter.patch}, expected the modality's stride "
+           f"{modality.stride} and patch {max(1, PATCH_SIZE // modality.stride)}")
     data = _resized_batch(modality, batch)
     declared = f"{modality.channels} class(es)" if modality.kind == "labels" else f"{modality.channels} channel(s)"
     try:
@@ -333,7 +339,7 @@ def _train_step(modality: Modality, what: str, companion: Modality | str | None)
     """Three optimiser steps of a tiny MultiMAE with the companion (rgb) and this modality, fed through the
     shared crop/flip transform: decoder shapes, finite losses, gradients reaching this modality's adapters."""
     from ..data.transforms import MultiModalTransform, to_device
-    from ..factory import create_model, create_objective
+    from ..plugin.factory import create_model, create_objective
 
     known = get_registry().modalities()
     if isinstance(companion, str):
@@ -362,6 +368,9 @@ def _train_step(modality: Modality, what: str, companion: Modality | str | None)
     torch.manual_seed(0)
     model = _call(what, "building a model with it", create_model, config, registry)
     objective = _call(what, "building its loss", create_objective, config, None, registry)
+    if modality.output_adapter is not None:
+        lacking = protocols.missing(model.output_adapters[modality.name], protocols.OutputDecoder)
+        _check(not lacking, what, f"its decoder lacks {', '.join(lacking)} (see multimae_cli.protocols.OutputDecoder)")
     data = {name: record for name, record in records.items() if record.target is None}
     transform = MultiModalTransform(data, IMAGE_SIZE, train=True, hflip=0.5)
     samples = [{name: make_sample(record, seed=seed) for name, record in data.items()} for seed in range(4)]

@@ -20,7 +20,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
-from ..formats import load_model, save_model
+from ..formats.load import load_model, save_model
 from ..io import atomic_write_bytes
 from .distributed import DistInfo
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..data.transforms import MultiModalTransform, to_device
-from ..modality import Modality
-from ..registry import get_registry
+from ..plugin.modality import Modality
+from ..plugin.registry import get_registry
 
 
 def align(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,11 @@ from ..data.datasets import loader_workers
 from ..data.tasks import TARGET, TaskDataset, build_source, class_names, prepare_target, source_modalities
 from ..data.transforms import to_device
 from ..errors import InputError
-from ..factory import resolve_modalities
-from ..registry import get_registry
-from ..task import Task
+from ..plugin.factory import resolve_modalities
+from ..plugin.registry import get_registry
+from ..plugin.task import Task
 from .distributed import DistInfo
-from .pretrain import launch, resolve_precision
+from .runtime import launch, resolve_precision
 
 
 def eval_collate(samples):
@@ -75,7 +75,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     split's synthetic stream when `data` is None), accumulated over the whole split; correct under torchrun
     (shards summed)."""
     from ..config import DataConfig
-    from ..formats import load_task_model
+    from ..formats.load import load_task_model
 
     processes = loader_workers(workers)
 

@@ -28,27 +28,27 @@ from ..data.tasks import (
 )
 from ..data.transforms import normalize_sample, to_device
 from ..errors import ConfigError, InputError
-from ..factory import create_model, resolve_modalities
-from ..registry import get_registry
-from ..task import Task, build_task_model
+from ..plugin.factory import build_task_model, create_model, resolve_modalities
+from ..plugin.registry import get_registry
+from ..plugin.task import Task
 from . import checkpoint as ckpt
 from .distributed import DistInfo, EpochSampler, average
 from .evaluate import eval_loader, evaluate
 from .optim import build_optimizer, build_schedule, optimizer_step
-from .pretrain import compiled, launch, progress_bar, resolve_precision, stops_saved
+from .runtime import compiled, launch, progress_bar, resolve_precision, stops_saved
 from .window import LossWindow
 
 
 def checkpoint_config(config: FinetuneConfig):
     """The model config stored in (or inferred from) `config.checkpoint`, with `num_heads` when given."""
-    from ..formats import read_checkpoint
+    from ..formats.load import read_checkpoint
 
     return read_checkpoint(config.checkpoint, **({"num_heads": config.num_heads} if config.num_heads else {}))[1]
 
 
 def build_model(config: FinetuneConfig, task: Task, num_outputs: int):
     """The encoder (from `checkpoint`, or fresh from `preset` + `model`) with the task's head."""
-    from ..formats import load_model
+    from ..formats.load import load_model
 
     overrides: dict[str, Any] = {"outputs": (), "drop_path_rate": config.drop_path_rate}
     if config.inputs:
@@ -143,7 +143,7 @@ def finetune(config: FinetuneConfig, resume: str | Path | None = None, quiet: bo
 def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
     import torch.distributed as dist
 
-    from ..formats import load_task_model
+    from ..formats.load import load_task_model
 
     task, registry_modalities = _resolve(config)
     missing = [n for n in [*(config.inputs or ()), *([task.target] if task.target else [])]

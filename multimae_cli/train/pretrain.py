@@ -10,59 +10,24 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import PretrainConfig, RunConfig
+from ..config import PretrainConfig
 from ..data.datasets import SyntheticDataset, loader_workers, make_loader
 from ..data.folder import FolderDataset
 from ..data.transforms import MultiModalTransform, to_device
-from ..errors import ConfigError, MultiMAEError, TrainingStopped, one_line
-from ..factory import create_model, create_objective, resolve_modalities
 from ..model.losses import PretrainStep
 from ..model.masking import random_masks
+from ..plugin.factory import create_model, create_objective, pretrain_model_config, resolve_modalities
 from . import checkpoint as ckpt
-from .distributed import DistInfo, EpochSampler, average, setup, teardown
+from .distributed import DistInfo, EpochSampler, average
 from .optim import build_optimizer, build_schedule, optimizer_step
+from .runtime import compiled, launch, progress_bar, resolve_precision, stops_saved
 from .window import LossWindow
-
-
-@contextlib.contextmanager
-def stops_saved(save: Callable[[], None], current_step: Callable[[], int], info: DistInfo, command: str, run: Path):
-    """A training loop stopped by Ctrl-C or by a bad input met mid-run (a corrupt file) saves its progress and
-    says how to resume. Under DDP a bad input is re-raised as it is: other ranks may be waiting in a collective,
-    so no checkpoint barrier can be entered."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        save()
-        raise TrainingStopped(f"interrupted at step {current_step()}; checkpoint saved, continue with "
-                              f"`multimae {command} --resume {run}`") from None
-    except MultiMAEError as exc:
-        step = current_step()
-        if info.world > 1 or step == 0 or isinstance(exc, TrainingStopped):
-            raise
-        save()
-        raise TrainingStopped(f"{one_line(exc)}; progress saved at step {step}: mend the input (or set "
-                              f"data.skip_bad=true) and continue with `multimae {command} --resume {run}`") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda requested but no CUDA GPU is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. `auto`: bf16 on GPUs that support it, fp32 on CPUs (where bf16
-    autocast is many times slower)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def build_dataset(config: PretrainConfig, modalities: dict, image_size: tuple[int, int]):
@@ -131,7 +96,7 @@ def held_out_dataset(config: PretrainConfig, modalities: dict, image_size):
     """Samples never trained on: the synthetic `val` stream (`data.val_scenes` scenes, as fine-tuning's
     `data.tasks.build_source` picks it; not called here, which would add an import floor) or the folder's `val`
     split; None when the folder has none."""
-    from ..data.synth_io import split_seed
+    from ..data.synthetic.io import split_seed
 
     if config.data.source == "synthetic":
         render = config.data.render_size or image_size
@@ -146,39 +111,10 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bo
     return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info))
 
 
-def progress_bar(name: str, total: int, completed: int, disabled: bool):
-    """A rich progress bar of training steps with a `stats` text field, and its task id."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-                   TimeRemainingColumn(), disable=disabled)
-    return bar, bar.add_task(name, total=total, completed=completed, stats="")
-
-
-def compiled(module: torch.nn.Module, config: RunConfig) -> torch.nn.Module:
-    """`module` under `torch.compile` when the run asks for it (`compile`, `compile_mode`), else itself."""
-    if not config.compile or not hasattr(torch, "compile"):
-        return module
-    return torch.compile(module, mode=None if config.compile_mode == "default" else config.compile_mode)
-
-
-def launch(device_name: str, body):
-    """`body(device, info)` inside torch.distributed when launched by torchrun (one GPU per rank)."""
-    device = resolve_device(device_name)
-    info = setup(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    try:
-        return body(device, info)
-    finally:
-        teardown()
-
-
 def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
     import torch.distributed as dist
 
-    model_config = config.model_config_resolved()
+    model_config = pretrain_model_config(config)
     state: dict[str, Any] = {}
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     if resume is not None:

@@ -15,16 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from multimae_cli import Modality, PatchInput, SpatialOutput, hookimpl
-from multimae_cli.errors import InputError
-from multimae_cli.io import read_array, read_image, write_array, write_image
+from multimae_cli import (
+    InputError,
+    Modality,
+    PatchInput,
+    SpatialOutput,
+    hookimpl,
+    read_array,
+    read_image,
+    write_array,
+    write_image,
+)
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from torch import nn
 
-MULTIMAE_API = 2  # the multimae plugin API this plugin is written for
+MULTIMAE_API = 3  # the multimae plugin API this plugin is written for
 
 BAND = (0.02, 0.98)  # the percentile band that spans [-1, 1] after normalisation
 EIGHT_TO_SIXTEEN_BITS = 257  # 255 * 257 = 65535: 8-bit files share the 16-bit scale

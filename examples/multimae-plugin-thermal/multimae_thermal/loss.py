@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from multimae_cli.model.losses import MaskedLoss
+from multimae_cli import MaskedLoss
 
 
 class MaskedHuberLoss(MaskedLoss):

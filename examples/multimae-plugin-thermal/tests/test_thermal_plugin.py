@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("multimae_thermal", reason="multimae-plugin-thermal is not installed "
                     "(pip install -e examples/multimae-plugin-thermal)")
 
-from multimae_cli.io import read_image, write_image
+from multimae_cli import read_image, write_image
 from multimae_cli.testing import check_modality, check_plugin, registered_modality
 
 TINY = ["--set", "model.image_size=32", "--set", "model.depth=2", "--set", "model.dim=64",
@@ -49,7 +49,7 @@ def scene(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndar
 
 def test_plugin_conforms():
     info = check_plugin("multimae_thermal")
-    assert info.api == 2 and info.modalities == ["thermal"]
+    assert info.api == 3 and info.modalities == ["thermal"]
     check_modality(registered_modality("thermal"))
 
 
@@ -69,7 +69,7 @@ def test_reads_16_bit_8_bit_and_npy_alike(tmp_path):
 
 
 def test_refuses_colour_pictures(tmp_path):
-    from multimae_cli.errors import InputError
+    from multimae_cli import InputError
 
     write_image(tmp_path / "ironbow.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(InputError, match=r"ironbow.png: thermal images have one channel, got shape \(4, 4, 3\)"):

@@ -20,10 +20,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from multimae_cli import Labeler, MaskedL1, Modality, PatchInput, SpatialOutput, Teacher, TeacherRequest, hookimpl
-from multimae_cli.errors import ConfigError, InputError
-from multimae_cli.io import read_array, read_image, write_array, write_image
-from multimae_cli.teacher import by_size
+from multimae_cli import (
+    ConfigError,
+    InputError,
+    Labeler,
+    MaskedL1,
+    Modality,
+    PatchInput,
+    SpatialOutput,
+    Teacher,
+    TeacherRequest,
+    by_size,
+    hookimpl,
+    read_array,
+    read_image,
+    write_array,
+    write_image,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,13 +59,13 @@ def _device(name: str) -> str:
 @lru_cache(maxsize=4)
 def _predictor(path: str, device: str):
     """One loaded model per checkpoint, shared by the modalities it makes in a run."""
-    from multimae_cli.predictor import Predictor
+    from multimae_cli import Predictor
 
     return Predictor.from_checkpoint(path, device)
 
 
 def load_multimae(request: TeacherRequest) -> Labeler:
-    from multimae_cli.predictor import find_checkpoint
+    from multimae_cli import find_checkpoint
 
     request.check_options([])
     if not request.arg:
@@ -151,7 +164,7 @@ def _hf_input(images: np.ndarray, prep: dict, device: str) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
 
-    from multimae_cli.predictor import working_size
+    from multimae_cli import working_size
 
     height, width = images.shape[1:3]
     size = prep["fixed"] or working_size(height, width, (round(math.sqrt(prep["pixels"])),) * 2, prep["multiple"])
@@ -387,7 +400,7 @@ def register_modalities(register):
 
 
 @hookimpl
-def register_pseudolabelers(register):
+def register_teachers(register):
     register(Teacher(
         name="multimae", load=load_multimae,
         description="a multimae checkpoint predicts the modality from rgb: multimae:CKPT",

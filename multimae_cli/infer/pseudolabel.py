@@ -1,7 +1,7 @@
 """Pseudo-labelling: turn any folder of rgb images into the multi-modal dataset `pretrain` reads.
 
 MultiMAE needs no multi-modal dataset: depth, semantics, normals, ... are made from rgb by teachers (the paper
-used DPT for depth and Mask2Former for semseg). Teachers are plugins (`register_pseudolabelers`); a spec
+used DPT for depth and Mask2Former for semseg). Teachers are plugins (`register_teachers`); a spec
 `MOD=NAME[:ARG][,KEY=VALUE...]` picks one per modality, and modalities without a spec get the teacher that
 declares itself their default (normals from depth, edges from rgb). Teachers run in dependency order per
 batch, so normals can be made from depth predicted moments earlier in the same run.
@@ -28,11 +28,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .data.folder import read_checked
-from .errors import ConfigError, InputError, PluginError
-from .io import atomic_write_bytes, publish
-from .modality import Modality
-from .teacher import Labeler, Teacher, TeacherRequest, TeacherSpec
+from ..data.folder import read_checked
+from ..errors import ConfigError, InputError, PluginError
+from ..io import atomic_write_bytes, publish
+from ..plugin.modality import Modality
+from ..plugin.teacher import Labeler, Teacher, TeacherRequest, TeacherSpec
 
 MANIFEST = "pseudolabel.json"
 RGB_MODES = ("copy", "link", "symlink")
@@ -191,7 +191,7 @@ def _valid(path: Path, modality: Modality) -> bool:
 
 def _versions() -> dict[str, str]:
     """Versions of what made the labels: Python, multimae and the libraries the teachers loaded."""
-    from . import __version__
+    from .._version import __version__
 
     versions = {"python": platform.python_version(), "multimae": __version__}
     for module, dist in (("numpy", "numpy"), ("cv2", "opencv-python-headless"), ("torch", "torch"),
@@ -238,7 +238,7 @@ def pseudolabel(
     images are skipped and reported (`skipped`, `skipped_files`). Returns the run's summary; the manifest
     `out/pseudolabel.json` records teachers, their settings and versions.
     """
-    from .registry import get_registry
+    from ..plugin.registry import get_registry
 
     if batch_size < 1 or workers < 1:
         raise ConfigError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}")

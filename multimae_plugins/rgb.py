@@ -6,8 +6,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from multimae_cli import MaskedMSE, Modality, PatchInput, SpatialOutput, hookimpl
-from multimae_cli.io import read_image, write_image
+from multimae_cli import MaskedMSE, Modality, PatchInput, SpatialOutput, hookimpl, read_image, write_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -95,7 +94,7 @@ def register_modalities(register):
         interpolation="cubic", normalize=normalize, denormalize=denormalize, colorize=colorize,
     ))
     register(Modality(
-        name="norm_rgb", channels=3, target="rgb",
+        name="norm_rgb", channels=3, target="rgb", companion=True,
         description="rgb target normalised per patch (MAE norm-pix loss); an output only",
         output_adapter=SpatialOutput(), loss=MaskedMSE(norm_pix=True),
     ))

@@ -9,8 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from multimae_cli import ClassEmbeddingInput, MaskedCrossEntropy, Modality, SpatialOutput, hookimpl
-from multimae_cli.io import as_path, read_array, read_labels, write_array, write_image, write_palette_png
+from multimae_cli import (
+    ClassEmbeddingInput,
+    MaskedCrossEntropy,
+    Modality,
+    SpatialOutput,
+    as_path,
+    hookimpl,
+    read_array,
+    read_labels,
+    write_array,
+    write_image,
+    write_palette_png,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,7 +34,7 @@ def read(path: Path) -> np.ndarray:
     """(H, W) integer class ids, in the file's own dtype, from a single-channel 8/16-bit PNG, a palette PNG (its
     indices) or `.npy`. They become int64 in `to_tensor`, after the crop and resize, where the map is smallest:
     widening a whole 8-bit map cost a tenth of a loader worker's time."""
-    from multimae_cli.errors import InputError
+    from multimae_cli import InputError
 
     path = as_path(path)
     labels = read_array(path) if path.suffix == ".npy" else read_labels(path)

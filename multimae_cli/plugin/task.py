@@ -16,8 +16,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .metrics import Metric
-    from .model.multimae import MultiMAE
+    from .protocols import Metric
 
 
 @dataclass(frozen=True)
@@ -58,19 +57,3 @@ class Task:
     prepare_target: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     to_file: Callable[[torch.Tensor, Mapping[str, Any]], Any] | None = None
     description: str = ""
-
-
-def build_task_model(backbone: MultiMAE, task: Task, head: str, num_outputs: int,
-                     options: Mapping[str, Any] | None = None):
-    """The encoder of `backbone` (its decoders dropped) plus `task`'s head `head`."""
-    from .model.finetune import FinetuneModel
-
-    if head not in task.heads:
-        from .errors import ConfigError
-
-        raise ConfigError(f"head: {head!r} is not a head of task {task.name!r} (heads: {', '.join(task.heads)})")
-    config = backbone.config.replace(outputs=())
-    backbone.config = config
-    context = HeadContext(config.dim, config.depth, config.patch_size, tuple(config.image_size),
-                          tuple(config.inputs), num_outputs, dict(options or {}))
-    return FinetuneModel(backbone, task.heads[head](context))

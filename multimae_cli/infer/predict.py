@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InputError, MultiMAEError
-from .modality import Modality
+from ..errors import ConfigError, InputError, MultiMAEError
+from ..plugin.modality import Modality
 from .predictor import CLASSIFICATION, Predictor, find_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -129,7 +129,7 @@ def predict(
                 predictor.modalities[name].write(data_path, predictor.file_array(name, value))
                 written.append(str(data_path))
                 if color_path is not None:
-                    from .io import write_image
+                    from ..io import write_image
 
                     write_image(color_path, predictor.modalities[name].colorize(value))
                     written.append(str(color_path))
@@ -170,7 +170,7 @@ def predict(
         legend = {name: _legend(predictor.modalities[name]) for name in maps
                   if predictor.modalities[name].kind == "labels"}
         manifest = {**summary, "inputs": [primary, *extra], "legend": legend, "mask_ratio": mask_ratio, "seed": seed}
-        from .io import atomic_write_bytes
+        from ..io import atomic_write_bytes
 
         atomic_write_bytes(out / "predict.json", json.dumps(manifest, indent=2).encode())
     return summary
@@ -237,8 +237,8 @@ def _legend(modality: Modality) -> list[dict[str, Any]]:
 
 
 def _write_viz(path: Path, rows: list[list[tuple[str, Any]]], modalities: Mapping[str, Modality]) -> None:
-    from .data.preview import preview_grid
-    from .io import write_image
+    from ..data.preview import preview_grid
+    from ..io import write_image
 
     height, width = rows[0][0][1].shape[-2:]
     stride = modalities[rows[0][0][0]].stride

@@ -1,17 +1,19 @@
-"""Build models and objectives from a `ModelConfig` and the registered modality plugins."""
+"""Build models, objectives and fine-tuning models from configs and the registered plugins."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from .config import ModelConfig
-from .errors import PluginError
+from ..config import ModelConfig, PretrainConfig
+from ..errors import ConfigError, PluginError
 from .modality import AdapterContext, DecoderContext, Modality
 from .registry import Registry, get_registry
+from .task import HeadContext, Task
 
 if TYPE_CHECKING:
-    from .model.losses import PretrainObjective
-    from .model.multimae import MultiMAE
+    from ..model.losses import PretrainObjective
+    from ..model.multimae import MultiMAE
 
 
 def resolve_modalities(config: ModelConfig, registry: Registry | None = None,
@@ -24,19 +26,26 @@ def resolve_modalities(config: ModelConfig, registry: Registry | None = None,
         modality = registry.modality(name)
         if name in config.channels:
             modality = modality.with_channels(config.channels[name])
+        if name in config.modality_options:
+            modality = modality.with_options(config.modality_options[name])
         resolved[name] = modality
     return resolved
 
 
 def complete_config(config: ModelConfig, registry: Registry | None = None) -> ModelConfig:
-    """The config with every modality's channel count written out, so a saved file rebuilds alone."""
+    """The config with every modality's channel count and options written out, so a saved file rebuilds alone."""
     modalities = resolve_modalities(config, registry)
-    return config.replace(channels={name: m.channels for name, m in modalities.items()})
+    stray = [name for name in config.modality_options if name not in modalities]
+    if stray:
+        raise ConfigError(f"modality_options.{stray[0]}: {stray[0]!r} is not an input or output of this model "
+                          f"({', '.join(modalities)})")
+    return config.replace(channels={name: m.channels for name, m in modalities.items()},
+                          modality_options={name: dict(m.options) for name, m in modalities.items() if m.options})
 
 
 def create_model(config: ModelConfig, registry: Registry | None = None) -> MultiMAE:
     """A freshly initialised MultiMAE for `config`; `model.config` keeps the completed config."""
-    from .model.multimae import MultiMAE
+    from ..model.multimae import MultiMAE
 
     config = complete_config(config, registry)
     modalities = resolve_modalities(config, registry)
@@ -71,7 +80,7 @@ def create_model(config: ModelConfig, registry: Registry | None = None) -> Multi
 def create_objective(config: ModelConfig, weights: dict[str, float] | None = None,
                      registry: Registry | None = None) -> PretrainObjective:
     """The masked pretraining loss of every output modality, weighted (default weight 1)."""
-    from .model.losses import PretrainObjective
+    from ..model.losses import PretrainObjective
 
     modalities = resolve_modalities(config, registry)
     losses, sources = {}, {}
@@ -82,3 +91,27 @@ def create_objective(config: ModelConfig, weights: dict[str, float] | None = Non
         losses[name] = modality.loss(modality, config.patch_size)
         sources[name] = modality.source
     return PretrainObjective(losses, sources, weights)
+
+
+def build_task_model(backbone: MultiMAE, task: Task, head: str, num_outputs: int,
+                     options: Mapping[str, Any] | None = None):
+    """The encoder of `backbone` (its decoders dropped) plus `task`'s head `head`."""
+    from ..model.multimae import FinetuneModel
+
+    if head not in task.heads:
+        raise ConfigError(f"head: {head!r} is not a head of task {task.name!r} (heads: {', '.join(task.heads)})")
+    config = backbone.config.replace(outputs=())
+    backbone.config = config
+    context = HeadContext(config.dim, config.depth, config.patch_size, tuple(config.image_size),
+                          tuple(config.inputs), num_outputs, dict(options or {}))
+    return FinetuneModel(backbone, task.heads[head](context))
+
+
+def pretrain_model_config(config: PretrainConfig, registry: Registry | None = None) -> ModelConfig:
+    """The ModelConfig of a pretraining run, with the companion outputs the plugins declare
+    (`Modality.companion`, e.g. rgb's `norm_rgb`) added to the outputs they come with."""
+    companions: dict[str, list[str]] = {}
+    for modality in (registry or get_registry()).modalities().values():
+        if modality.companion and modality.target:
+            companions.setdefault(modality.target, []).append(modality.name)
+    return config.model_config_resolved(companions)

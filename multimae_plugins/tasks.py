@@ -21,7 +21,7 @@ IGNORE_INDEX = 255
 
 
 def _linear(ctx: HeadContext) -> nn.Module:
-    from multimae_cli.model.heads import LinearHead
+    from multimae_cli import LinearHead
 
     return LinearHead(ctx.dim, ctx.num_outputs, **ctx.options)
 
@@ -36,20 +36,20 @@ def _main_modalities(ctx: HeadContext) -> dict[str, Any]:
 
 
 def _dense_linear(ctx: HeadContext) -> nn.Module:
-    from multimae_cli.model.heads import DenseLinearHead
+    from multimae_cli import DenseLinearHead
 
     return DenseLinearHead(ctx.dim, ctx.num_outputs, ctx.patch_size, **_main_modalities(ctx))
 
 
 def _convnext(ctx: HeadContext) -> nn.Module:
-    from multimae_cli.model.heads import ConvNeXtHead
+    from multimae_cli import ConvNeXtHead
 
     return ConvNeXtHead(ctx.dim, ctx.num_outputs, **_main_modalities(ctx))
 
 
 def _dpt(head_type: str):
     def factory(ctx: HeadContext) -> nn.Module:
-        from multimae_cli.model.heads import DPTHead
+        from multimae_cli import DPTHead
 
         return DPTHead(ctx.dim, ctx.num_outputs, head_type=head_type, **_main_modalities(ctx))
 
@@ -64,7 +64,7 @@ def _cross_entropy(options: Mapping[str, Any]) -> nn.Module:
 
 def _depth_loss(kind: str):
     def factory(options: Mapping[str, Any]) -> nn.Module:
-        from multimae_cli.model.losses import BerHuLoss
+        from multimae_cli import BerHuLoss
 
         return BerHuLoss(kind, **options)
 
@@ -72,31 +72,31 @@ def _depth_loss(kind: str):
 
 
 def _angular(options: Mapping[str, Any]) -> nn.Module:
-    from multimae_cli.model.losses import AngularLoss
+    from multimae_cli import AngularLoss
 
     return AngularLoss(**options)
 
 
 def _classification_metrics(num_outputs: int):
-    from multimae_cli.metrics import ClassificationMetrics
+    from multimae_cli import ClassificationMetrics
 
     return ClassificationMetrics(num_outputs)
 
 
 def _segmentation_metrics(num_outputs: int):
-    from multimae_cli.metrics import SegmentationMetrics
+    from multimae_cli import SegmentationMetrics
 
     return SegmentationMetrics(num_outputs, ignore_index=IGNORE_INDEX)
 
 
 def _depth_metrics(num_outputs: int):
-    from multimae_cli.metrics import DepthMetrics
+    from multimae_cli import DepthMetrics
 
     return DepthMetrics()
 
 
 def _normals_metrics(num_outputs: int):
-    from multimae_cli.metrics import NormalsMetrics
+    from multimae_cli import NormalsMetrics
 
     return NormalsMetrics()
 

@@ -10,8 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from multimae_cli import MaskedL1, Modality, PatchInput, SpatialOutput, hookimpl
-from multimae_cli.io import as_path, read_array, read_image, write_array, write_image
+from multimae_cli import (
+    MaskedL1,
+    Modality,
+    PatchInput,
+    SpatialOutput,
+    as_path,
+    hookimpl,
+    read_array,
+    read_image,
+    write_array,
+    write_image,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,7 +32,7 @@ def read(path: Path) -> np.ndarray:
     """(H, W, 3) float32 vectors in [-1, 1] from an RGB PNG (8 or 16 bit) or a `.npy` array."""
     import numpy as np
 
-    from multimae_cli.errors import InputError
+    from multimae_cli import InputError
 
     path = as_path(path)
     if path.suffix == ".npy":

@@ -5,8 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from multimae_cli import MaskedL1, Modality, PatchInput, SpatialOutput, hookimpl
-from multimae_cli.io import as_path, read_array, read_image, write_array, write_image
+from multimae_cli import (
+    MaskedL1,
+    Modality,
+    PatchInput,
+    SpatialOutput,
+    as_path,
+    hookimpl,
+    read_array,
+    read_image,
+    write_array,
+    write_image,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,7 +29,7 @@ def read(path: Path) -> np.ndarray:
     array = read_array(path) if path.suffix == ".npy" else read_image(path, color=False)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    from multimae_cli.errors import InputError
+    from multimae_cli import InputError
 
     if array.ndim != 2:
         raise InputError(f"{path}: depth must have one channel, got shape {array.shape}")

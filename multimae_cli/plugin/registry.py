@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from . import API_CHANGES, API_VERSION, hookspecs
-from .errors import PluginError, UnknownModalityError
+from ..errors import PluginError, UnknownModalityError
+from . import hookspecs
+from .hookspecs import API_CHANGES, API_VERSION
 from .modality import Modality
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class Registry:
         if self._teachers is None:
             from .teacher import Teacher
 
-            self._teachers = self._collect("register_pseudolabelers", Teacher, "teachers")
+            self._teachers = self._collect("register_teachers", Teacher, "teachers")
         return self._teachers
 
     def modality(self, name: str) -> Modality:
@@ -206,6 +207,15 @@ class Registry:
             known = ", ".join(sorted(modalities)) or "none: no modality plugin is loaded"
             raise UnknownModalityError(f"unknown modality {name!r} (registered: {known})")
         return modalities[name]
+
+    def origin(self, kind: str, name: str) -> dict[str, str | None] | None:
+        """Which plugin registered the modality / task / teacher `name` (`kind`: modalities, tasks, teachers):
+        its entry-point name, distribution and version, as checkpoints record it."""
+        getattr(self, kind)()  # collected
+        for info in self.plugins.values():
+            if name in getattr(info, kind):
+                return {"plugin": info.name, "distribution": info.distribution, "version": info.version}
+        return None
 
     def add_commands(self, app: Any) -> None:
         """Let plugins add CLI commands; a plugin that raises is reported and the CLI starts without it."""

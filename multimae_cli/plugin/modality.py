@@ -1,4 +1,4 @@
-"""What a modality is: the record a plugin registers, and the core's ready-made building blocks.
+"""What a modality is: the record a plugin registers (its ready-made factories are in `components`).
 
 A `Modality` says how one kind of data is read, augmented, normalised, embedded into tokens, decoded and
 scored. The core never names a modality; it only calls these fields. Factories receive the modality and a
@@ -8,10 +8,12 @@ which keeps `multimae --help` and plugin discovery fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,6 +73,10 @@ class Modality:
     `stride` says the data lives at 1/stride of the image resolution (the official semseg input: 4).
     `target` names another modality whose data this one is trained on and whose tokens serve as its
     decoder queries (the official `norm_rgb` decoder reads `rgb`); such a modality has no input adapter.
+    `companion` (with `target`): pretraining adds it to the outputs whenever its target is an output, unless the
+    run sets `norm_pix_target: false` (the official recipe's name for its one companion, `norm_rgb`).
+    `options` declares the settings a config may change (`model.modality_options.NAME.KEY`) with their defaults;
+    the factories read the resolved values from `modality.options`.
     """
 
     name: str
@@ -78,6 +84,8 @@ class Modality:
     kind: Literal["dense", "labels"] = "dense"
     stride: int = 1
     target: str | None = None
+    companion: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     input_adapter: Callable[[Modality, AdapterContext], nn.Module] | None = None
     output_adapter: Callable[[Modality, DecoderContext], nn.Module] | None = None
@@ -100,85 +108,11 @@ class Modality:
         """A copy with another channel / class count (e.g. semseg with 40 classes)."""
         return replace(self, channels=channels)
 
-
-# Ready-made factories. Plugins may pass any callable with the same signature instead.
-
-
-@dataclass(frozen=True)
-class PatchInput:
-    """Non-overlapping patch projection of dense data plus a fixed 2-D sin-cos position embedding."""
-
-    pos_interpolation: str = "bicubic"
-
-    def __call__(self, modality: Modality, ctx: AdapterContext) -> nn.Module:
-        from .model.adapters import PatchInputAdapter
-
-        return PatchInputAdapter(
-            modality.name, modality.channels, ctx.dim, ctx.patch_size, ctx.image_size,
-            stride=modality.stride, pos_interpolation=self.pos_interpolation,
-        )
-
-
-@dataclass(frozen=True)
-class ClassEmbeddingInput:
-    """Label maps: a learned embedding per class, then a patch projection (the official semseg adapter)."""
-
-    dim_class_emb: int = 64
-    pos_interpolation: str = "bilinear"
-
-    def __call__(self, modality: Modality, ctx: AdapterContext) -> nn.Module:
-        from .model.adapters import ClassEmbeddingInputAdapter
-
-        return ClassEmbeddingInputAdapter(
-            modality.name, modality.channels, ctx.dim, ctx.patch_size, ctx.image_size,
-            stride=modality.stride, dim_class_emb=self.dim_class_emb, pos_interpolation=self.pos_interpolation,
-        )
-
-
-@dataclass(frozen=True)
-class SpatialOutput:
-    """The official pretraining decoder: task queries cross-attend the encoded tokens."""
-
-    def __call__(self, modality: Modality, ctx: DecoderContext) -> nn.Module:
-        from .model.adapters import SpatialOutputAdapter
-
-        return SpatialOutputAdapter(
-            modality.name, modality.channels, ctx.dim_encoder, ctx.patch_size, ctx.image_size,
-            stride=modality.stride, dim=ctx.dim, depth=ctx.depth, num_heads=ctx.num_heads,
-            mlp_ratio=ctx.mlp_ratio, qkv_bias=ctx.qkv_bias, query_modality=modality.source,
-            context_modalities=ctx.context_modalities, use_task_queries=ctx.use_task_queries,
-        )
-
-
-@dataclass(frozen=True)
-class MaskedMSE:
-    """Squared error on masked patches; `norm_pix` normalises each target patch first (MAE)."""
-
-    norm_pix: bool = False
-
-    def __call__(self, modality: Modality, patch_size: int) -> nn.Module:
-        from .model.losses import MaskedMSELoss
-
-        return MaskedMSELoss(patch_size, modality.stride, norm_pix=self.norm_pix)
-
-
-@dataclass(frozen=True)
-class MaskedL1:
-    """Absolute error on masked patches."""
-
-    def __call__(self, modality: Modality, patch_size: int) -> nn.Module:
-        from .model.losses import MaskedL1Loss
-
-        return MaskedL1Loss(patch_size, modality.stride)
-
-
-@dataclass(frozen=True)
-class MaskedCrossEntropy:
-    """Per-pixel cross-entropy on masked patches of a label map."""
-
-    label_smoothing: float = 0.0
-
-    def __call__(self, modality: Modality, patch_size: int) -> nn.Module:
-        from .model.losses import MaskedCrossEntropyLoss
-
-        return MaskedCrossEntropyLoss(patch_size, modality.stride, label_smoothing=self.label_smoothing)
+    def with_options(self, values: Mapping[str, Any]) -> Modality:
+        """A copy with some of its declared `options` set; an undeclared one is an error naming it."""
+        unknown = [key for key in values if key not in self.options]
+        if unknown:
+            declared = ", ".join(sorted(self.options)) or "none"
+            raise ConfigError(f"modality_options.{self.name}.{unknown[0]}: unknown option ({self.name}'s options: "
+                              f"{declared})")
+        return replace(self, options={**self.options, **values})

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, ConfigError
-from .modality import Modality
+from ..errors import CheckpointError, ConfigError
+from ..plugin.modality import Modality
 
 CHECKPOINT_ENV = "MULTIMAE_CHECKPOINT"
 CLASSIFICATION = "classification"
@@ -27,7 +27,7 @@ def find_checkpoint(checkpoint: str | Path | None = None, runs_dir: str | Path =
     `$MULTIMAE_CHECKPOINT`, else the newest checkpoint of any run under `runs_dir`."""
     source = checkpoint or os.environ.get(CHECKPOINT_ENV)
     if source:
-        from .formats import checkpoint_file
+        from ..formats.load import checkpoint_file
 
         try:
             return checkpoint_file(source)
@@ -65,8 +65,8 @@ class Predictor:
     """A loaded model that maps file-space arrays (what plugins `read`) to predictions."""
 
     def __init__(self, model, device: str = "auto") -> None:
-        from .factory import resolve_modalities
-        from .train.pretrain import resolve_device
+        from ..plugin.factory import resolve_modalities
+        from ..train.runtime import resolve_device
 
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -75,7 +75,7 @@ class Predictor:
         self.task = None
         names = None
         if self.task_info is not None:  # a fine-tuned model: its head makes one output
-            from .registry import get_registry
+            from ..plugin.registry import get_registry
 
             self.task = get_registry().task(self.task_info["task"])
             names = [*self.config.inputs, *([self.task.target] if self.task.target else [])]
@@ -84,7 +84,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
         """A pretraining checkpoint (any format `load_model` reads) or a fine-tuned one (`multimae finetune`)."""
-        from .formats import load_model, load_task_model, read_task_info
+        from ..formats.load import load_model, load_task_model, read_task_info
 
         if read_task_info(checkpoint) is not None:
             return cls(load_task_model(checkpoint), device)
@@ -122,7 +122,7 @@ class Predictor:
 
     def prepare(self, sample: Mapping[str, Any], size: tuple[int, int]) -> dict[str, Any]:
         """File-space arrays -> file-space tensors at `size` (each modality by its own resampling)."""
-        from .data.transforms import resize, to_tensor
+        from ..data.transforms import resize, to_tensor
 
         out = {}
         for name, array in sample.items():
@@ -137,7 +137,7 @@ class Predictor:
         import torch
         import torch.nn.functional as F
 
-        from .data.transforms import to_device
+        from ..data.transforms import to_device
 
         height, width = next(iter(samples[0][1].values())).shape[:2]
         size = working_size(height, width, self.config.image_size, self.config.patch_size)

@@ -9,10 +9,10 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from ..errors import InputError
-from ..io import atomic_write_bytes, write_image
-from ..modality import Modality
-from .synthetic import CLASSES, DEPTH_SCALE, render_scene
+from ...errors import InputError
+from ...io import atomic_write_bytes, write_image
+from ...plugin.modality import Modality
+from .scenes import CLASSES, DEPTH_SCALE, render_scene
 
 MODALITIES = ("rgb", "depth", "normals", "semseg")
 SUBFOLDER = "scenes"
@@ -96,8 +96,8 @@ def write_synthetic(out: str | Path, n: int, size: tuple[int, int], modalities: 
 def write_preview(path: str | Path, modalities: Mapping[str, Modality], size: tuple[int, int], split: str = "train",
                   seed: int = 0, count: int = 6) -> None:
     """A grid of the first scenes of a split, every modality side by side (depth, normals, semseg coloured)."""
-    from .preview import preview_grid
-    from .transforms import normalize_sample, to_tensor
+    from ..preview import preview_grid
+    from ..transforms import normalize_sample, to_tensor
 
     rows = []
     for index in range(count):
