@@ -197,3 +197,15 @@ def test_public_namespace_is_whole_and_light():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) >= 50
+
+
+def test_application_functions_fit_a_screen():
+    """Loops and commands read top to bottom: no function in train/, infer/ or cli/ over about 80 lines
+    (nested helpers count with their function)."""
+    long = []
+    for folder in ("train", "infer", "cli"):
+        for path in sorted((ROOT / "multimae_cli" / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 90:
+                    long.append(f"{path.relative_to(ROOT)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []

@@ -26,6 +26,11 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    register_finetune(app)
+    register_eval(app)
+
+
+def register_finetune(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_command(
         task: str | None = typer.Option(None, "--task", help="classification | semseg | depth | normals | ..."),
@@ -80,6 +85,8 @@ def register(app: typer.Typer) -> None:
             if summary["metrics"]:
                 _print_metrics(f"{summary['task']} (validation)", summary["metrics"])
 
+
+def register_eval(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
         checkpoint: Path = typer.Argument(..., help="A fine-tuned checkpoint: a file or a run folder "

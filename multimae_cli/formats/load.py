@@ -122,8 +122,7 @@ def load_task_model(path: str | Path, **overrides: Any):
 
     backbone = create_model(config.replace(outputs=()))
     model = build_task_model(backbone, get_registry().task(info["task"]), info["head"], info["num_outputs"],
-                             info.get("head_options"))
-    model.task_info = info
+                             info.get("head_options"), task_info=info)
     own = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
     own = {f"backbone.{k}": v for k, v in _resample_positions(own, backbone).items()}
     own.update({k: v for k, v in state_dict.items() if not k.startswith("backbone.")})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError, MultiMAEError
+from ..io import atomic_write_bytes, write_image
 from ..plugin.modality import Modality
 from .predictor import CLASSIFICATION, Predictor, find_checkpoint
 
@@ -85,23 +86,12 @@ def predict(
         raise ConfigError(f"--mask-ratio must lie in [0, 1), got {mask_ratio}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    out = Path(out)
-    weights = find_checkpoint(checkpoint)
+    out, weights = Path(out), find_checkpoint(checkpoint)
     predictor = Predictor.from_checkpoint(weights, device)
     primary = predictor.config.inputs[0]
     extra = {name: Path(path) for name, path in (extra_inputs or {}).items()}
-    predictor.check_inputs([primary, *extra])
-    if primary in extra:
-        raise ConfigError(f"--input {primary}: the images given are already the {primary} input")
-    tasks = list(tasks) if tasks else predictor.default_tasks([primary, *extra], mask_ratio > 0)
-    if not tasks:
-        raise ConfigError("nothing to predict: every output of this checkpoint is given as an input "
-                          "(pass --task, or --mask-ratio for reconstructions)")
-    predictor.check_tasks(tasks)
+    tasks = _tasks(predictor, primary, extra, tasks, mask_ratio)
     listed = list_images(images, predictor.modalities[primary].extensions)
-    if mask_ratio > 0 and predictor.task is not None:
-        raise ConfigError("--mask-ratio: a fine-tuned checkpoint sees its inputs whole; masking is for "
-                          "pretraining checkpoints")
     maps = [name for name in tasks if name != CLASSIFICATION]  # written as files by their modality
     single_file = len(listed) == 1 and len(maps) == 1 == len(tasks) and out.suffix.lower() in IMAGE_SUFFIXES
     pictured = [name for name in maps if colorize and _needs_picture(predictor.modalities[name])]
@@ -111,41 +101,20 @@ def predict(
         out.mkdir(exist_ok=True)
 
     started = time.perf_counter()
-    written: list[str] = []
+    writer = _Writer(predictor, targets)
     skipped: list[str] = []
-    grid_rows: list[list[tuple[str, Any]]] = []
     pending: list[tuple[str, dict[str, Any]]] = []
-    classified: dict[str, list[dict[str, Any]]] = {}
 
     def flush() -> None:
-        if not pending:
-            return
-        for result in predictor(pending, tasks, mask_ratio, seed, pictures=viz is not None):
-            for name, value in result.outputs.items():
-                if name == CLASSIFICATION:
-                    classified[result.key] = _top_classes(value, predictor.task_info.get("classes"))
-                    continue
-                data_path, color_path = targets[result.key][name]
-                predictor.modalities[name].write(data_path, predictor.file_array(name, value))
-                written.append(str(data_path))
-                if color_path is not None:
-                    from ..io import write_image
-
-                    write_image(color_path, predictor.modalities[name].colorize(value))
-                    written.append(str(color_path))
-            if result.pictures:
-                grid_rows.append(result.pictures)
-        if progress:
-            progress(len(pending), len(listed))
-        pending.clear()
+        if pending:
+            writer.write(predictor(pending, tasks, mask_ratio, seed, pictures=viz is not None))
+            if progress:
+                progress(len(pending), len(listed))
+            pending.clear()
 
     for key, path in listed:
         try:
-            sample = {primary: predictor.modalities[primary].read(path)}
-            for name, source in extra.items():
-                sample[name] = predictor.modalities[name].read(
-                    _extra_input(name, source, key, len(listed) == 1, predictor.modalities[name]))
-            _check_sample(sample, path)
+            sample = _read(predictor, primary, extra, key, path, single=len(listed) == 1)
         except MultiMAEError as exc:
             if not skip_bad:
                 raise
@@ -158,22 +127,75 @@ def predict(
             flush()
         pending.append((key, sample))
     flush()
-    if viz is not None and grid_rows:
-        _write_viz(Path(viz), grid_rows, predictor.modalities)
+    if viz is not None and writer.grid_rows:
+        _write_viz(Path(viz), writer.grid_rows, predictor.modalities)
     summary = {
         "checkpoint": str(weights), "tasks": tasks, "images": len(listed) - len(skipped),
-        "skipped": len(skipped), "skipped_files": skipped, "outputs": written,
+        "skipped": len(skipped), "skipped_files": skipped, "outputs": writer.written,
         "seconds": round(time.perf_counter() - started, 3), "device": str(predictor.device),
-        **({"classes": classified} if classified else {}),
+        **({"classes": writer.classified} if writer.classified else {}),
     }
     if not single_file:
         legend = {name: _legend(predictor.modalities[name]) for name in maps
                   if predictor.modalities[name].kind == "labels"}
         manifest = {**summary, "inputs": [primary, *extra], "legend": legend, "mask_ratio": mask_ratio, "seed": seed}
-        from ..io import atomic_write_bytes
-
         atomic_write_bytes(out / "predict.json", json.dumps(manifest, indent=2).encode())
     return summary
+
+
+def _tasks(predictor: Predictor, primary: str, extra: Mapping[str, Path], tasks: Sequence[str] | None,
+           mask_ratio: float) -> list[str]:
+    """The outputs to predict, checked against the checkpoint and the inputs given."""
+    predictor.check_inputs([primary, *extra])
+    if primary in extra:
+        raise ConfigError(f"--input {primary}: the images given are already the {primary} input")
+    tasks = list(tasks) if tasks else predictor.default_tasks([primary, *extra], mask_ratio > 0)
+    if not tasks:
+        raise ConfigError("nothing to predict: every output of this checkpoint is given as an input "
+                          "(pass --task, or --mask-ratio for reconstructions)")
+    predictor.check_tasks(tasks)
+    if mask_ratio > 0 and predictor.task is not None:
+        raise ConfigError("--mask-ratio: a fine-tuned checkpoint sees its inputs whole; masking is for "
+                          "pretraining checkpoints")
+    return tasks
+
+
+def _read(predictor: Predictor, primary: str, extra: Mapping[str, Path], key: str, path: Path,
+          single: bool) -> dict[str, Any]:
+    """One sample: the image and its extra inputs, read by their plugins and checked to belong together."""
+    sample = {primary: predictor.modalities[primary].read(path)}
+    for name, source in extra.items():
+        modality = predictor.modalities[name]
+        sample[name] = modality.read(_extra_input(name, source, key, single, modality))
+    _check_sample(sample, path)
+    return sample
+
+
+class _Writer:
+    """Writes each prediction where `targets` says (and its colour picture), keeping what was written, the
+    classification results and the rows of the `--viz` grid."""
+
+    def __init__(self, predictor: Predictor, targets: Mapping[str, Mapping[str, tuple[Path, Path | None]]]) -> None:
+        self.predictor, self.targets = predictor, targets
+        self.written: list[str] = []
+        self.classified: dict[str, list[dict[str, Any]]] = {}
+        self.grid_rows: list[list[tuple[str, Any]]] = []
+
+    def write(self, results) -> None:
+        modalities = self.predictor.modalities
+        for result in results:
+            for name, value in result.outputs.items():
+                if name == CLASSIFICATION:
+                    self.classified[result.key] = _top_classes(value, self.predictor.task_info.get("classes"))
+                    continue
+                data_path, color_path = self.targets[result.key][name]
+                modalities[name].write(data_path, self.predictor.file_array(name, value))
+                self.written.append(str(data_path))
+                if color_path is not None:
+                    write_image(color_path, modalities[name].colorize(value))
+                    self.written.append(str(color_path))
+            if result.pictures:
+                self.grid_rows.append(result.pictures)
 
 
 def _top_classes(probabilities, names: Sequence[str] | None, k: int = 5) -> list[dict[str, Any]]:
@@ -238,7 +260,6 @@ def _legend(modality: Modality) -> list[dict[str, Any]]:
 
 def _write_viz(path: Path, rows: list[list[tuple[str, Any]]], modalities: Mapping[str, Modality]) -> None:
     from ..data.preview import preview_grid
-    from ..io import write_image
 
     height, width = rows[0][0][1].shape[-2:]
     stride = modalities[rows[0][0][0]].stride

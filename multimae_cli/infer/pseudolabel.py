@@ -240,18 +240,8 @@ def pseudolabel(
     """
     from ..plugin.registry import get_registry
 
-    if batch_size < 1 or workers < 1:
-        raise ConfigError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}")
-    if rgb_mode not in RGB_MODES:
-        raise ConfigError(f"--rgb {rgb_mode}: expected one of {', '.join(RGB_MODES)}")
     rgb_dir, out = Path(rgb_dir), Path(out)
-    data_dir = out / split
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    if rgb_dir.is_dir() and data_dir.resolve().is_relative_to(rgb_dir.resolve()):
-        raise ConfigError(f"--out {out}: the dataset would lie inside {rgb_dir}; pick a folder outside it")
+    _check_arguments(rgb_dir, out, data_dir := out / split, batch_size, workers, rgb_mode)
     registry = get_registry()
     names = list(dict.fromkeys(n for n in modalities if n != "rgb"))
     if not names:
@@ -263,104 +253,34 @@ def pseudolabel(
     available = {p.name for p in data_dir.iterdir() if p.is_dir() and p.name in known} if data_dir.is_dir() else set()
     steps = resolve_steps(names, teachers or {}, registry.teachers(), known, available, data_dir)
     images = list_rgb(rgb_dir, rgb.extensions)
-
     manifest_path = out / MANIFEST
     manifest = _read_manifest(manifest_path)
     record = manifest.setdefault("splits", {}).setdefault(split, {})
-    for step in steps:
-        earlier = record.get("teachers", {}).get(step.modality.name, {}).get("spec")
-        folder = data_dir / step.modality.name
-        if earlier and earlier != str(step.spec) and not overwrite and folder.is_dir() and any(folder.iterdir()):
-            raise ConfigError(f"{manifest_path}: {step.modality.name} was made by {earlier}, not {step.spec} "
-                              "(pass --overwrite to replace it, or write to another --out)")
-
-    owners = {name: info for info in registry.plugins.values() for name in info.teachers}
-    for step in steps:
-        request = TeacherRequest(step.modality, step.spec.arg, step.spec.options, device)
-        step.labeler = step.teacher.load(request)
-        if not isinstance(step.labeler, Labeler):
-            raise PluginError(f"teacher {step.teacher.name}: load returned {type(step.labeler).__name__}, "
-                              "not a Labeler")
+    _check_earlier_teachers(manifest_path, record, steps, data_dir, overwrite)
+    _load_teachers(steps, device)
     for name in ["rgb", *names]:
         (data_dir / name).mkdir(parents=True, exist_ok=True)
-    recorded = record.setdefault("teachers", {})
-    for step in steps:
-        owner = owners.get(step.teacher.name)
-        recorded[step.modality.name] = {
-            "spec": str(step.spec), "teacher": step.teacher.name, "needs": list(step.teacher.needs),
-            "plugin": owner.name if owner else None, "plugin_version": owner.version if owner else None,
-            **step.labeler.info,
-        }
+    _record_teachers(record, steps, registry)
     manifest.update({"generator": "multimae pseudolabel", "versions": _versions()})
     record["source"] = str(rgb_dir)
     atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
 
-    def target(key: str, name: str, source: Path) -> Path:
-        extension = source.suffix.lower() if name == "rgb" else known[name].extensions[0]
-        return data_dir / name / f"{key}{extension}"
-
-    def prepare(key: str, source: Path) -> Job:
-        """What this image still lacks, and its rgb plus any existing files the teachers still to run need."""
-        job = Job(key, source)
-        rgb_target = target(key, "rgb", source)
-        if not (rgb_target.exists() and os.path.samefile(rgb_target, source)):
-            if overwrite or not rgb_target.exists():
-                job.todo.append("rgb")
-            elif not _valid(rgb_target, rgb):
-                job.error = f"{rgb_target}: exists but is not a valid rgb file (pass --overwrite to replace it)"
-                return job
-        for step in steps:
-            path = target(key, step.modality.name, source)
-            if overwrite or not path.exists():
-                job.todo.append(step.modality.name)
-            elif not _valid(path, step.modality):
-                job.error = f"{path}: exists but is not a valid {step.modality.name} file (pass --overwrite)"
-                return job
-        if not job.todo:
-            return job
-        try:
-            job.sample["rgb"] = read_checked(source, rgb)
-            wanted = {need for step in steps if step.modality.name in job.todo for need in step.teacher.needs}
-            for need in sorted(wanted - set(job.todo) - {"rgb"}):
-                found = [data_dir / need / f"{key}{ext}" for ext in known[need].extensions]
-                found = [p for p in found if p.is_file()]
-                if not found:
-                    raise InputError(f"{data_dir / need}: no {need} file for {key!r}, which a teacher needs")
-                job.sample[need] = read_checked(found[0], known[need])
-        except InputError as exc:
-            job.error = str(exc)
-        return job
-
-    def finish(job: Job) -> None:
-        for name in job.todo:
-            path = target(job.key, name, job.source)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if name == "rgb":
-                place_rgb(job.source, path, rgb_mode)
-            else:
-                known[name].write(path, job.sample[name])
-
+    labelling = _Labelling(data_dir, known, rgb, steps, overwrite, rgb_mode)
     started = time.perf_counter()
     labelled = done_before = written = 0
     skipped: list[str] = []
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     with ThreadPoolExecutor(workers) as pool:
-        ahead = [pool.submit(prepare, key, source) for key, source in batches[0]]
+        ahead = [pool.submit(labelling.prepare, key, source) for key, source in batches[0]]
         for number in range(len(batches)):
             jobs = [future.result() for future in ahead]
             if number + 1 < len(batches):  # read the next batch while the teachers work on this one
-                ahead = [pool.submit(prepare, key, source) for key, source in batches[number + 1]]
+                ahead = [pool.submit(labelling.prepare, key, source) for key, source in batches[number + 1]]
             skipped += [job.error for job in jobs if job.error]
             done_before += sum(1 for job in jobs if not job.error and not job.todo)
             work = [job for job in jobs if job.todo and not job.error]
-            for step in steps:
-                name = step.modality.name
-                todo = [job for job in work if name in job.todo]
-                if todo:
-                    for job, array in zip(todo, step.labeler.label([job.sample for job in todo]), strict=True):
-                        _check_output(step, job, array)
-                        job.sample[name] = array
-            for future in [pool.submit(finish, job) for job in work]:
+            labelling.label(work)
+            for future in [pool.submit(labelling.finish, job) for job in work]:
                 future.result()
             labelled += len(work)
             written += sum(len(job.todo) for job in work)
@@ -369,17 +289,123 @@ def pseudolabel(
                 progress(labelled + done_before + len(skipped), len(images), labelled / max(seconds, 1e-9))
 
     seconds = time.perf_counter() - started
-    summary = {
-        "source": str(rgb_dir), "out": str(data_dir), "modalities": ["rgb", *[s.modality.name for s in steps]],
-        "teachers": {step.modality.name: str(step.spec) for step in steps}, "images": len(images),
-        "labelled": labelled, "already_done": done_before, "skipped": len(skipped), "skipped_files": skipped,
-        "files_written": written, "seconds": round(seconds, 3),
-        "images_per_s": round(labelled / seconds, 2) if labelled else 0.0, "manifest": str(manifest_path),
-    }
+    summary = {"source": str(rgb_dir), "out": str(data_dir), "modalities": ["rgb", *[s.modality.name for s in steps]],
+               "teachers": {step.modality.name: str(step.spec) for step in steps}, "images": len(images),
+               "labelled": labelled, "already_done": done_before, "skipped": len(skipped), "skipped_files": skipped,
+               "files_written": written, "seconds": round(seconds, 3),
+               "images_per_s": round(labelled / seconds, 2) if labelled else 0.0, "manifest": str(manifest_path)}
     record.update({k: summary[k] for k in ("images", "skipped", "skipped_files")})
     record["complete"] = labelled + done_before == len(images)
     atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return summary
+
+
+def _check_arguments(rgb_dir: Path, out: Path, data_dir: Path, batch_size: int, workers: int, rgb_mode: str) -> None:
+    if batch_size < 1 or workers < 1:
+        raise ConfigError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}")
+    if rgb_mode not in RGB_MODES:
+        raise ConfigError(f"--rgb {rgb_mode}: expected one of {', '.join(RGB_MODES)}")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if rgb_dir.is_dir() and data_dir.resolve().is_relative_to(rgb_dir.resolve()):
+        raise ConfigError(f"--out {out}: the dataset would lie inside {rgb_dir}; pick a folder outside it")
+
+
+def _check_earlier_teachers(manifest_path: Path, record: dict, steps: Sequence[Step], data_dir: Path,
+                            overwrite: bool) -> None:
+    """A modality already made by another teacher is not mixed with this one's labels unless `overwrite`."""
+    for step in steps:
+        earlier = record.get("teachers", {}).get(step.modality.name, {}).get("spec")
+        folder = data_dir / step.modality.name
+        if earlier and earlier != str(step.spec) and not overwrite and folder.is_dir() and any(folder.iterdir()):
+            raise ConfigError(f"{manifest_path}: {step.modality.name} was made by {earlier}, not {step.spec} "
+                              "(pass --overwrite to replace it, or write to another --out)")
+
+
+def _load_teachers(steps: Sequence[Step], device: str) -> None:
+    for step in steps:
+        step.labeler = step.teacher.load(TeacherRequest(step.modality, step.spec.arg, step.spec.options, device))
+        if not isinstance(step.labeler, Labeler):
+            raise PluginError(f"teacher {step.teacher.name}: load returned {type(step.labeler).__name__}, "
+                              "not a Labeler")
+
+
+def _record_teachers(record: dict, steps: Sequence[Step], registry) -> None:
+    """What made each modality, for the manifest: the spec, the teacher, its plugin and version, its info."""
+    recorded = record.setdefault("teachers", {})
+    for step in steps:
+        origin = registry.origin("teachers", step.teacher.name) or {}
+        recorded[step.modality.name] = {
+            "spec": str(step.spec), "teacher": step.teacher.name, "needs": list(step.teacher.needs),
+            "plugin": origin.get("plugin"), "plugin_version": origin.get("version"), **step.labeler.info,
+        }
+
+
+class _Labelling:
+    """One image's way through a run: what it still lacks (`prepare`, reading what the teachers need), the
+    teachers' labels for a batch (`label`), and the files written (`finish`)."""
+
+    def __init__(self, data_dir: Path, known: Mapping[str, Modality], rgb: Modality, steps: Sequence[Step],
+                 overwrite: bool, rgb_mode: str) -> None:
+        self.data_dir, self.known, self.rgb, self.steps = data_dir, known, rgb, steps
+        self.overwrite, self.rgb_mode = overwrite, rgb_mode
+
+    def target(self, key: str, name: str, source: Path) -> Path:
+        extension = source.suffix.lower() if name == "rgb" else self.known[name].extensions[0]
+        return self.data_dir / name / f"{key}{extension}"
+
+    def prepare(self, key: str, source: Path) -> Job:
+        """What this image still lacks, and its rgb plus any existing files the teachers still to run need."""
+        job = Job(key, source)
+        rgb_target = self.target(key, "rgb", source)
+        if not (rgb_target.exists() and os.path.samefile(rgb_target, source)):
+            if self.overwrite or not rgb_target.exists():
+                job.todo.append("rgb")
+            elif not _valid(rgb_target, self.rgb):
+                job.error = f"{rgb_target}: exists but is not a valid rgb file (pass --overwrite to replace it)"
+                return job
+        for step in self.steps:
+            path = self.target(key, step.modality.name, source)
+            if self.overwrite or not path.exists():
+                job.todo.append(step.modality.name)
+            elif not _valid(path, step.modality):
+                job.error = f"{path}: exists but is not a valid {step.modality.name} file (pass --overwrite)"
+                return job
+        if not job.todo:
+            return job
+        try:
+            job.sample["rgb"] = read_checked(source, self.rgb)
+            wanted = {need for step in self.steps if step.modality.name in job.todo for need in step.teacher.needs}
+            for need in sorted(wanted - set(job.todo) - {"rgb"}):
+                found = [self.data_dir / need / f"{key}{ext}" for ext in self.known[need].extensions]
+                found = [p for p in found if p.is_file()]
+                if not found:
+                    raise InputError(f"{self.data_dir / need}: no {need} file for {key!r}, which a teacher needs")
+                job.sample[need] = read_checked(found[0], self.known[need])
+        except InputError as exc:
+            job.error = str(exc)
+        return job
+
+    def label(self, work: Sequence[Job]) -> None:
+        """Each teacher, in order, on the images that lack its modality (later teachers may read earlier ones')."""
+        for step in self.steps:
+            name = step.modality.name
+            todo = [job for job in work if name in job.todo]
+            if todo:
+                for job, array in zip(todo, step.labeler.label([job.sample for job in todo]), strict=True):
+                    _check_output(step, job, array)
+                    job.sample[name] = array
+
+    def finish(self, job: Job) -> None:
+        for name in job.todo:
+            path = self.target(job.key, name, job.source)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if name == "rgb":
+                place_rgb(job.source, path, self.rgb_mode)
+            else:
+                self.known[name].write(path, job.sample[name])
 
 
 def _check_output(step: Step, job: Job, array) -> None:

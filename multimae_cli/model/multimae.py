@@ -17,6 +17,7 @@ from timm.models import checkpoint, checkpoint_seq
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from ..config import ModelConfig
 from ..errors import InputError, UnknownModalityError
 from .layers import TokenLayout
 from .masking import check_masks, mask_indices, random_masks
@@ -51,8 +52,10 @@ class MultiMAE(nn.Module):
         num_encoded_tokens: int = 98,
         alphas: float | Sequence[float] = 1.0,
         sample_tasks_uniformly: bool = False,
+        config: ModelConfig | None = None,
     ) -> None:
         super().__init__()
+        self.config = config  # what rebuilds this model (`save_model` writes it); None when built by hand
         self.input_adapters = nn.ModuleDict(input_adapters)
         self.output_adapters = nn.ModuleDict(output_adapters or {})
         self.num_global_tokens = num_global_tokens
@@ -258,9 +261,12 @@ class FinetuneModel(nn.Module):
     (or every block's tokens when `head.needs_all_layers`). Parameter names: the official encoder names under
     `backbone.`, the head's under `head.`."""
 
-    def __init__(self, backbone: MultiMAE, head: nn.Module) -> None:
+    def __init__(self, backbone: MultiMAE, head: nn.Module, task_info: dict | None = None) -> None:
         super().__init__()
         backbone.output_adapters = nn.ModuleDict()
+        if backbone.config is not None:
+            backbone.config = backbone.config.replace(outputs=())
+        self.task_info = task_info  # the fine-tuning record `save_model` writes (task, head, classes, ...)
         self.backbone = backbone
         self.head = head
         self.frozen = False

@@ -71,9 +71,8 @@ def create_model(config: ModelConfig, registry: Registry | None = None) -> Multi
         inputs, outputs, dim=config.dim, depth=config.depth, num_heads=config.num_heads,
         mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, num_global_tokens=config.num_global_tokens,
         drop_path_rate=config.drop_path_rate, num_encoded_tokens=config.num_encoded_tokens,
-        alphas=config.alphas, sample_tasks_uniformly=config.sample_tasks_uniformly,
+        alphas=config.alphas, sample_tasks_uniformly=config.sample_tasks_uniformly, config=config,
     )
-    model.config = config
     return model
 
 
@@ -94,17 +93,17 @@ def create_objective(config: ModelConfig, weights: dict[str, float] | None = Non
 
 
 def build_task_model(backbone: MultiMAE, task: Task, head: str, num_outputs: int,
-                     options: Mapping[str, Any] | None = None):
-    """The encoder of `backbone` (its decoders dropped) plus `task`'s head `head`."""
+                     options: Mapping[str, Any] | None = None, task_info: dict[str, Any] | None = None):
+    """The encoder of `backbone` (its decoders dropped) plus `task`'s head `head`; `task_info` is the record its
+    checkpoint keeps (task, head, num_outputs, classes, ...: what `load_task_model` rebuilds it from)."""
     from ..model.multimae import FinetuneModel
 
     if head not in task.heads:
         raise ConfigError(f"head: {head!r} is not a head of task {task.name!r} (heads: {', '.join(task.heads)})")
-    config = backbone.config.replace(outputs=())
-    backbone.config = config
+    config = backbone.config
     context = HeadContext(config.dim, config.depth, config.patch_size, tuple(config.image_size),
                           tuple(config.inputs), num_outputs, dict(options or {}))
-    return FinetuneModel(backbone, task.heads[head](context))
+    return FinetuneModel(backbone, task.heads[head](context), task_info)
 
 
 def pretrain_model_config(config: PretrainConfig, registry: Registry | None = None) -> ModelConfig:

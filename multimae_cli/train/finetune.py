@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data.datasets import loader_workers, make_loader
+from ..data.datasets import loader_workers
 from ..data.tasks import (
     TARGET,
     TaskDataset,
@@ -32,10 +32,10 @@ from ..plugin.factory import build_task_model, create_model, resolve_modalities
 from ..plugin.registry import get_registry
 from ..plugin.task import Task
 from . import checkpoint as ckpt
-from .distributed import DistInfo, EpochSampler, average
+from .distributed import DistInfo, average
 from .evaluate import eval_loader, evaluate
-from .optim import build_optimizer, build_schedule, optimizer_step
-from .runtime import compiled, launch, progress_bar, resolve_precision, stops_saved
+from .optim import Optimization
+from .runtime import distributed, epoch_loader, launch, progress_bar, resolve_precision, stops_saved
 from .window import LossWindow
 
 
@@ -46,8 +46,9 @@ def checkpoint_config(config: FinetuneConfig):
     return read_checkpoint(config.checkpoint, **({"num_heads": config.num_heads} if config.num_heads else {}))[1]
 
 
-def build_model(config: FinetuneConfig, task: Task, num_outputs: int):
-    """The encoder (from `checkpoint`, or fresh from `preset` + `model`) with the task's head."""
+def build_model(config: FinetuneConfig, task: Task, num_outputs: int, record: dict[str, Any] | None = None):
+    """The encoder (from `checkpoint`, or fresh from `preset` + `model`) with the task's head; `record` goes into
+    its `task_info` next to the task, head and options."""
     from ..formats.load import load_model
 
     overrides: dict[str, Any] = {"outputs": (), "drop_path_rate": config.drop_path_rate}
@@ -73,8 +74,9 @@ def build_model(config: FinetuneConfig, task: Task, num_outputs: int):
         backbone = create_model(ModelConfig.from_preset(
             config.preset, **{**values, "num_encoded_tokens": len(values["inputs"]) * grid[0] * grid[1]}))
     head = config.head or next(iter(task.heads))
-    model = build_task_model(backbone, task, head, num_outputs, config.head_options)
-    return model, head
+    task_info = {"task": task.name, "head": head, "head_options": config.head_options, "num_outputs": num_outputs,
+                 **(record or {})}
+    return build_task_model(backbone, task, head, num_outputs, config.head_options, task_info=task_info), head
 
 
 @torch.no_grad()
@@ -129,6 +131,8 @@ def _resolve(config: FinetuneConfig) -> tuple[Task, dict]:
     if config.loss is not None and config.loss not in task.losses:
         raise ConfigError(f"loss: {config.loss!r} is not a loss of task {task.name!r} "
                           f"(losses: {', '.join(task.losses)})")
+    for name in [*(config.inputs or ()), *([task.target] if task.target else [])]:
+        registry.modality(name)  # an unknown one: the error listing the known ones
     return task, registry.modalities()
 
 
@@ -140,18 +144,11 @@ def finetune(config: FinetuneConfig, resume: str | Path | None = None, quiet: bo
     return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info))
 
 
-def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
-    import torch.distributed as dist
-
+def _open(config: FinetuneConfig, task: Task, known: dict, resume, info: DistInfo):
+    """The model (encoder + head, `task_info` set), its run folder and (resuming) the saved training state."""
     from ..formats.load import load_task_model
 
-    task, registry_modalities = _resolve(config)
-    missing = [n for n in [*(config.inputs or ()), *([task.target] if task.target else [])]
-               if n not in registry_modalities]
-    if missing:
-        get_registry().modality(missing[0])  # the unknown-modality error, listing the known ones
     torch.manual_seed(config.seed)
-    state: dict[str, Any] = {}
     if resume is not None:
         run = Path(resume)
         folder = ckpt.find_checkpoint(run)
@@ -159,91 +156,88 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
         if info.is_main:
             ckpt.truncate_metrics(run, state["step"])
-        num_outputs, classes = model.task_info["num_outputs"], model.task_info.get("classes")
-        inputs = list(model.config.inputs)
-    else:
-        inputs = list(config.inputs or (checkpoint_config(config).inputs if config.checkpoint else ["rgb"]))
-        names = [*inputs, *([task.target] if task.target else [])]
-        modalities = {n: registry_modalities[n] for n in names}
-        classes = class_names(build_source(config, modalities, config.data.split, train=True)) \
-            if task.kind == "classification" else None
-        num_outputs = config.num_classes or task.num_outputs or (
-            len(classes) if classes else declared_classes(config) or modalities[task.target].channels)
-        model, head = build_model(config.model_copy(update={"inputs": tuple(inputs)}), task, num_outputs)
-        model.task_info = {"task": task.name, "head": head, "head_options": config.head_options,
-                           "num_outputs": num_outputs, "classes": classes, "depth_scale": depth_scale(config),
-                           "reduce_zero_label": config.reduce_zero_label}
-        run = ckpt.open_run(config, f"finetune-{task.name}", info)
-    model_config = model.config
-    modalities = resolve_modalities(model_config, names=[*inputs, *([task.target] if task.target else [])])
-    scale, zero = model.task_info["depth_scale"], model.task_info["reduce_zero_label"]
-    size = tuple(model_config.image_size)
+        return model, run, state
+    inputs = list(config.inputs or (checkpoint_config(config).inputs if config.checkpoint else ["rgb"]))
+    modalities = {n: known[n] for n in [*inputs, *([task.target] if task.target else [])]}
+    classes = class_names(build_source(config, modalities, config.data.split, train=True)) \
+        if task.kind == "classification" else None
+    num_outputs = config.num_classes or task.num_outputs or (
+        len(classes) if classes else declared_classes(config) or modalities[task.target].channels)
+    record = {"classes": classes, "depth_scale": depth_scale(config), "reduce_zero_label": config.reduce_zero_label}
+    model, _ = build_model(config.model_copy(update={"inputs": tuple(inputs)}), task, num_outputs, record)
+    return model, ckpt.open_run(config, f"finetune-{task.name}", info), {}
+
+
+def _datasets(config: FinetuneConfig, task: Task, model, modalities: dict, info: DistInfo, quiet: bool):
+    """The training set and the validation set (None: no `val_split`, or its default folder is absent)."""
+    info_ = model.task_info
+    inputs, size = list(model.config.inputs), tuple(model.config.image_size)
+    common = {"classes": info_.get("classes"), "seed": config.seed, "num_classes": info_["num_outputs"],
+              "reduce_zero_label": info_["reduce_zero_label"]}
     readable = source_modalities(modalities, task, inputs)
-    train_source = build_source(config, readable, config.data.split, train=True)
-    dataset = TaskDataset(train_source, inputs, task, modalities, size, train=True,
-                          crop_scale=config.data.crop_scale, hflip=config.data.hflip, classes=classes, seed=config.seed,
-                          num_classes=num_outputs, reduce_zero_label=zero)
-    val_set = None
+    dataset = TaskDataset(build_source(config, readable, config.data.split, train=True), inputs, task, modalities,
+                          size, train=True, crop_scale=config.data.crop_scale, hflip=config.data.hflip, **common)
     val_folder = Path(config.data.path or ".") / (config.val_split or "")
     if config.val_split and config.data.source == "folder" and not val_folder.is_dir():
         if config.val_split != FinetuneConfig.model_fields["val_split"].default:  # a typo must not skip evaluation
             raise InputError(f"val_split: {val_folder}: no such folder")
         if info.is_main and not quiet:
             print(f"note: {val_folder} does not exist: training without evaluation", file=sys.stderr)
-    elif config.val_split:
-        val_source = build_source(config, readable, config.val_split, train=False)
-        val_set = TaskDataset(val_source, inputs, task, modalities, size, train=False, classes=classes,
-                              seed=config.seed, num_classes=num_outputs, reduce_zero_label=zero)
-    model.backbone.set_grad_checkpointing(config.activation_checkpointing)
-    if config.freeze_encoder:
-        model.freeze_backbone()
-    model.to(device).train()
-    loss_name = config.loss or next(iter(task.losses))
-    criterion = task.losses[loss_name](config.loss_options)
-    mixup = None
-    if config.mixup:
-        mixup, criterion = build_mixup(config, task, inputs, num_outputs)
+        return dataset, None
+    if not config.val_split:
+        return dataset, None
+    val_source = build_source(config, readable, config.val_split, train=False)
+    return dataset, TaskDataset(val_source, inputs, task, modalities, size, train=False, **common)
 
-    sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
+
+def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    task, known = _resolve(config)
+    model, run, state = _open(config, task, known, resume, info)
+    inputs, num_outputs = list(model.config.inputs), model.task_info["num_outputs"]
+    modalities = resolve_modalities(model.config, names=[*inputs, *([task.target] if task.target else [])])
+    scale, zero = model.task_info["depth_scale"], model.task_info["reduce_zero_label"]
+    dataset, val_set = _datasets(config, task, model, modalities, info, quiet)
+    model.backbone.set_grad_checkpointing(config.activation_checkpointing)
+    (model.freeze_backbone() if config.freeze_encoder else model).to(device).train()
+    mixup, criterion = build_mixup(config, task, inputs, num_outputs) if config.mixup else \
+        (None, task.losses[config.loss or next(iter(task.losses))](config.loss_options))
     workers = loader_workers(config.data.workers)
-    loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=workers,
-                         pin_memory=device.type == "cuda")
+    sampler, loader = epoch_loader(dataset, config, info, device, workers)
     total_steps = config.steps or max(1, math.ceil(config.epochs * sampler.batches_per_epoch))
     lr = config.resolved_lr(task.kind, config.batch_size * info.world)
-    optimizer = build_optimizer(model, config.optim, lr, device, layer_decay=config.layer_decay)
-    schedule = build_schedule(optimizer, config.optim, total_steps)
-    dtype = resolve_precision(config.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    best = state.get("best")
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-    step = int(state.get("step", 0))
-    trained = model
-    if info.world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    trained = compiled(trained, config)
+    opt = Optimization(model, config.optim, lr, total_steps, resolve_precision(config.precision, device), device,
+                       layer_decay=config.layer_decay)
+    step, best = opt.restore(state), state.get("best")
+    trained = distributed(model, config, info, device)
     metric_kind = task.metrics(num_outputs)
+    saves = ckpt.SaveSchedule(config, info, device)
+    losses = LossWindow(device)
 
     def save(folder: str = ckpt.LAST) -> None:
         losses.check(run)
-        if info.is_main:
-            extra = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "rng_cpu": torch.get_rng_state(), "best": best}
-            if folder == ckpt.LAST:
-                ckpt.save_checkpoint(run, model, extra)
-            else:
-                ckpt.save_snapshot(run, folder, model)
+        if info.is_main and folder == ckpt.LAST:
+            ckpt.save_checkpoint(run, model, opt.state(step, best=best))
+        elif info.is_main:
+            ckpt.save_snapshot(run, folder, model)
         if info.world > 1:
             dist.barrier()
         if folder == ckpt.LAST:
             saves.saved()
 
-    saves = ckpt.SaveSchedule(config, info, device)
+    def validate(step: int) -> dict[str, float]:
+        """Metrics over the whole validation set, recorded, and a preview picture of a few samples."""
+        evaluation = evaluate(model, task, eval_loader(val_set, config.batch_size, info, workers),
+                              val_set.input_modalities, num_outputs, device, opt.dtype, scale, zero)
+        if info.is_main:
+            ckpt.append_metrics(run, {"step": step, **{f"val/{k}": v for k, v in evaluation.items()}})
+        if info.is_main and task.target is not None:
+            write_preview(model, val_set, task, modalities, scale, zero, run / "previews" / f"step-{step:06d}.png",
+                          device)
+        return evaluation
+
     bar, handle = progress_bar("finetune", total_steps, step, disabled=quiet or not info.is_main)
-    losses = LossWindow(device)
     first_loss = last_loss = None
     evaluation: dict[str, float] = {}
     with bar, stops_saved(save, lambda: step, info, "finetune", run):
@@ -255,11 +249,11 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
             if mixup is not None:
                 (name,) = inputs_batch
                 inputs_batch[name], target = mixup(inputs_batch[name], target)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.autocast(device.type, dtype=opt.dtype or torch.float32, enabled=opt.dtype is not None):
                 pred = trained(inputs_batch)
             loss = criterion(pred.float(), target)
-            scaler.scale(loss).backward()
-            optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
+            opt.scaler.scale(loss).backward()
+            opt.step(step)
             step += 1
             losses.add(step, {"loss": loss})
             if step % config.log_every == 0 or step == total_steps:
@@ -268,22 +262,13 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 first_loss = first_loss if first_loss is not None else record["loss"]
                 last_loss = record["loss"]
                 if info.is_main:
-                    head_lr = max(group["lr"] for group in optimizer.param_groups)  # layer decay scales the rest
-                    ckpt.append_metrics(run, {"step": step, **record, "lr": head_lr})
+                    ckpt.append_metrics(run, {"step": step, **record, "lr": opt.lr})  # layer decay: the head's lr
                 bar.update(handle, stats=f"loss {record['loss']:.4f}")
             bar.update(handle, completed=step)
-            due = step == total_steps or step % config.eval_every == 0
-            if val_set is not None and due:
-                evaluation = evaluate(model, task, eval_loader(val_set, config.batch_size, info, workers),
-                                      val_set.input_modalities, num_outputs, device, dtype, scale, zero)
+            if val_set is not None and (step == total_steps or step % config.eval_every == 0):
+                evaluation = validate(step)
                 score = evaluation[metric_kind.main]
-                if info.is_main:
-                    ckpt.append_metrics(run, {"step": step, **{f"val/{k}": v for k, v in evaluation.items()}})
-                if info.is_main and task.target is not None:
-                    write_preview(model, val_set, task, modalities, scale, zero,
-                                  run / "previews" / f"step-{step:06d}.png", device)
-                better = best is None or (score > best if metric_kind.higher_is_better else score < best)
-                if better:
+                if best is None or (score > best if metric_kind.higher_is_better else score < best):
                     best = score
                     save(ckpt.BEST)
             if step == total_steps or saves.due(step):
@@ -293,5 +278,3 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     return {"run": str(run), "task": task.name, "steps": step, "first_loss": first_loss, "final_loss": last_loss,
             "metrics": evaluation, "main_metric": metric_kind.main, "best": best,
             "checkpoint": str(run / (ckpt.BEST if (run / ckpt.BEST).is_dir() else ckpt.LAST) / "model.safetensors")}
-
-

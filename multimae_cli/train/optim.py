@@ -44,3 +44,39 @@ def optimizer_step(step: int, model: torch.nn.Module, optimizer: torch.optim.Opt
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+class Optimization:
+    """What both loops build the same way and a resume must restore: AdamW, its schedule, the autocast dtype
+    and the gradient scaler. `state(step, **extra)` is the resumable state (RNGs included: the CPU one, and the
+    CUDA one of `device`), `restore(state)` puts it back and returns the step to continue from."""
+
+    def __init__(self, model: torch.nn.Module, config: OptimConfig, lr: float, total_steps: int, dtype,
+                 device: torch.device, layer_decay: float | None = None) -> None:
+        self.model, self.clip_grad, self.device, self.dtype = model, config.clip_grad, device, dtype
+        self.optimizer = build_optimizer(model, config, lr, device, layer_decay=layer_decay)
+        self.schedule = build_schedule(self.optimizer, config, total_steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step(self, step: int) -> None:
+        optimizer_step(step, self.model, self.optimizer, self.schedule, self.scaler, self.clip_grad)
+
+    @property
+    def lr(self) -> float:
+        """The largest group lr: the head's under layer decay, the lr under a plain schedule."""
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+    def state(self, step: int, **extra) -> dict:
+        cuda = {"rng_cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}
+        return {"step": step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(), **cuda, **extra}
+
+    def restore(self, state: dict) -> int:
+        if not state:
+            return 0
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        return int(state["step"])

@@ -17,16 +17,16 @@ import numpy as np
 import torch
 
 from ..config import PretrainConfig
-from ..data.datasets import SyntheticDataset, loader_workers, make_loader
+from ..data.datasets import SyntheticDataset, loader_workers
 from ..data.folder import FolderDataset
 from ..data.transforms import MultiModalTransform, to_device
 from ..model.losses import PretrainStep
 from ..model.masking import random_masks
 from ..plugin.factory import create_model, create_objective, pretrain_model_config, resolve_modalities
 from . import checkpoint as ckpt
-from .distributed import DistInfo, EpochSampler, average
-from .optim import build_optimizer, build_schedule, optimizer_step
-from .runtime import compiled, launch, progress_bar, resolve_precision, stops_saved
+from .distributed import DistInfo, average
+from .optim import Optimization
+from .runtime import distributed, epoch_loader, launch, progress_bar, resolve_precision, stops_saved
 from .window import LossWindow
 
 
@@ -111,72 +111,59 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bo
     return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info))
 
 
-def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
-    import torch.distributed as dist
-
-    model_config = pretrain_model_config(config)
-    state: dict[str, Any] = {}
+def _open(config: PretrainConfig, resume, info: DistInfo):
+    """The model, its run folder and (resuming) the saved training state."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    if resume is not None:
-        run = Path(resume)
-        model, state = ckpt.load_checkpoint(ckpt.find_checkpoint(run))
-        if info.is_main:
-            ckpt.truncate_metrics(run, state["step"])
-    else:
-        model = create_model(model_config)
+    if resume is None:
         run = ckpt.open_run(config, "pretrain", info)
         if info.is_main:
             (run / "previews").mkdir()
+        return create_model(pretrain_model_config(config)), run, {}
+    run = Path(resume)
+    model, state = ckpt.load_checkpoint(ckpt.find_checkpoint(run))
+    if info.is_main:
+        ckpt.truncate_metrics(run, state["step"])
+    return model, run, state
+
+
+def _data_modalities(model_config) -> dict:
+    """Every modality whose data a step reads: the inputs and the sources of the outputs (rgb for norm_rgb)."""
+    outputs = resolve_modalities(model_config)
+    names = list(dict.fromkeys([*model_config.inputs, *(outputs[o].source for o in model_config.outputs)]))
+    return resolve_modalities(model_config, names=names)
+
+
+def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    model, run, state = _open(config, resume, info)
     model_config = model.config
     model.set_grad_checkpointing(config.activation_checkpointing)
     model.to(device).train()
     objective = create_objective(model_config, config.loss_weights).to(device)
-
-    outputs = resolve_modalities(model_config)
-    data_names = list(dict.fromkeys([*model_config.inputs, *(outputs[o].source for o in model_config.outputs)]))
-    modalities = resolve_modalities(model_config, names=data_names)
+    modalities = _data_modalities(model_config)
     dataset = build_dataset(config, modalities, model_config.image_size)
     held_out = held_out_dataset(config, modalities, model_config.image_size) if info.is_main else None
     accum = config.optim.accum_steps
-    sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
-    loader = make_loader(dataset, config.batch_size, sampler=sampler, workers=loader_workers(config.data.workers),
-                         pin_memory=device.type == "cuda")
+    sampler, loader = epoch_loader(dataset, config, info, device, loader_workers(config.data.workers))
     total_steps = config.steps or max(1, math.ceil(config.epochs * sampler.batches_per_epoch / accum))
     total_batch = config.batch_size * accum * info.world
     lr = config.optim.lr or config.optim.blr * total_batch / 256
-    optimizer = build_optimizer(model, config.optim, lr, device)
-    schedule = build_schedule(optimizer, config.optim, total_steps)
-    dtype = resolve_precision(config.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-    step = int(state.get("step", 0))
-
-    trained = PretrainStep(model, objective, dtype)
-    if info.world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda"
-                                                            else None)
-    trained = compiled(trained, config)
+    opt = Optimization(model, config.optim, lr, total_steps, resolve_precision(config.precision, device), device)
+    step = opt.restore(state)
+    trained = distributed(PretrainStep(model, objective, opt.dtype), config, info, device)
+    saves = ckpt.SaveSchedule(config, info, device)
+    window = LossWindow(device)
 
     def save() -> None:
         window.check(run)
         if info.is_main:
-            ckpt.save_checkpoint(run, model, {
-                "step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-            })
+            ckpt.save_checkpoint(run, model, opt.state(step))
         if info.world > 1:
             dist.barrier()
         saves.saved()
 
-    saves = ckpt.SaveSchedule(config, info, device)
     bar, task = progress_bar("pretrain", total_steps, step, disabled=quiet or not info.is_main)
-    window = LossWindow(device)
     window_start, window_images = time.perf_counter(), 0
     first_loss = last_record = None
     micro = step * accum
@@ -191,20 +178,18 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
             accumulating = info.world > 1 and not last_micro  # DDP: all-reduce once per update
             with trained.no_sync() if accumulating else contextlib.nullcontext():
                 loss, parts = trained(inputs, targets, masks)
-                scaler.scale(loss / accum).backward()
+                opt.scaler.scale(loss / accum).backward()
             micro += 1
             window.add(step + 1, {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}})
             window_images += config.batch_size * info.world
             if not last_micro:
                 continue
-            optimizer_step(step, model, optimizer, schedule, scaler, config.optim.clip_grad)
+            opt.step(step)
             step += 1
             if step % config.log_every == 0 or step == total_steps:
                 window.check(run)
-                record = average(window.means(), info, device)
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, **record, "lr": optimizer.param_groups[0]["lr"],
-                          "img_per_s": window_images / elapsed}
+                record = {"step": step, **average(window.means(), info, device), "lr": opt.lr,
+                          "img_per_s": window_images / (time.perf_counter() - window_start)}
                 first_loss = first_loss if first_loss is not None else record["loss"]
                 last_record = record
                 if info.is_main:
@@ -214,24 +199,28 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                 window_start, window_images = time.perf_counter(), 0
             else:
                 bar.update(task, completed=step)
-            due = step == total_steps or (config.preview_every and step % config.preview_every == 0)
-            if info.is_main and config.preview_every and due:
+            if info.is_main and config.preview_every and (step == total_steps or step % config.preview_every == 0):
                 preview(model, held_out or dataset, config, modalities, run / "previews" / f"step-{step:06d}.png",
                         device)
             if step == total_steps or saves.due(step):
                 save()
             if step == total_steps:
                 break
-    cross_modal = None
-    if info.is_main and first_loss is not None and held_out is not None:
-        from .crossmodal import cross_modal_quality
-
-        cross_modal = cross_modal_quality(model, held_out, modalities, device)
-        if cross_modal["outputs"]:
-            source = cross_modal["source"]
-            ckpt.append_metrics(run, {"step": step, **{f"heldout/{source}->{name}/{entry['metric']}": entry["value"]
-                                                       for name, entry in cross_modal["outputs"].items()}})
+    cross_modal = _held_out_quality(model, held_out, modalities, run, step, device) \
+        if info.is_main and first_loss is not None and held_out is not None else None
     return {"run": str(run), "steps": step, "first_loss": first_loss, "cross_modal": cross_modal,
             "final_loss": last_record["loss"] if last_record else None,
             "img_per_s": last_record["img_per_s"] if last_record else None,
             "checkpoint": str(run / ckpt.LAST / "model.safetensors")}
+
+
+def _held_out_quality(model, held_out, modalities: dict, run: Path, step: int, device: torch.device) -> dict:
+    """What the first input alone predicts of every other output on held-out scenes, recorded in the metrics."""
+    from .crossmodal import cross_modal_quality
+
+    quality = cross_modal_quality(model, held_out, modalities, device)
+    if quality["outputs"]:
+        source = quality["source"]
+        ckpt.append_metrics(run, {"step": step, **{f"heldout/{source}->{name}/{entry['metric']}": entry["value"]
+                                                   for name, entry in quality["outputs"].items()}})
+    return quality

@@ -11,7 +11,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError, MultiMAEError, TrainingStopped, one_line
-from .distributed import DistInfo, setup, teardown
+from .distributed import DistInfo, EpochSampler, setup, teardown
 
 
 @contextlib.contextmanager
@@ -75,3 +75,21 @@ def launch(device_name: str, body):
         return body(device, info)
     finally:
         teardown()
+
+
+def distributed(module: torch.nn.Module, config: RunConfig, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """`module` as the loop calls it: under DDP when several processes run, then compiled when asked."""
+    if info.world > 1:
+        module = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
+                                                           else None)
+    return compiled(module, config)
+
+
+def epoch_loader(dataset, config: RunConfig, info: DistInfo, device: torch.device, workers: int):
+    """The loop's sampler (this rank's share of each epoch's order, a function of the seed; `start_at` resumes
+    mid-epoch) and the loader that feeds it."""
+    from ..data.datasets import make_loader
+
+    sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
+    return sampler, make_loader(dataset, config.batch_size, sampler=sampler, workers=workers,
+                                pin_memory=device.type == "cuda")
