@@ -92,7 +92,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 
 def interrupt_after_step(monkeypatch, step: int):
-    """Make a training loop see Ctrl-C right after it records `step`'s metrics; returns the undo."""
+    """Send the process SIGINT (Ctrl-C) right after a training loop records `step`'s metrics; returns the undo."""
+    import signal
+
     from multimae_cli.train import checkpoint as ckpt
 
     original = ckpt.append_metrics
@@ -100,7 +102,7 @@ def interrupt_after_step(monkeypatch, step: int):
     def interrupting(run, record):
         original(run, record)
         if record["step"] == step:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(ckpt, "append_metrics", interrupting)
     return lambda: monkeypatch.setattr(ckpt, "append_metrics", original)

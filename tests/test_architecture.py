@@ -111,6 +111,29 @@ def test_timm_export_matches_forward_features(tiny_model, tiny_io):
         assert torch.equal(value, tiny_model.state_dict()[key]), key
 
 
+def test_forward_intermediates_follow_timm(tiny_model, tiny_io):
+    """timm's API and meaning: all blocks by default, the last n for an int, chosen ones for a list; the final
+    tokens are forward_features'; stop_early gives the same intermediates; timm's ViT agrees block by block."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from multimae_cli.formats.official import official_to_timm
+
+    inputs = {"rgb": tiny_io["in.rgb"]}
+    with torch.no_grad():
+        final, every = tiny_model.forward_intermediates(inputs)
+        assert len(every) == len(tiny_model.encoder) == 2
+        assert_close(final, tiny_model.forward_features(inputs))
+        assert_close(every[-1], final)
+        (last,) = tiny_model.forward_intermediates(inputs, indices=1, intermediates_only=True)
+        (first,) = tiny_model.forward_intermediates(inputs, indices=[0], stop_early=True, intermediates_only=True)
+        assert_close(last, final) and assert_close(first, every[0])
+        vit = VisionTransformer(img_size=64, patch_size=16, embed_dim=96, depth=2, num_heads=3, num_classes=0)
+        vit.load_state_dict(official_to_timm(tiny_model.state_dict()), strict=False)
+        theirs = vit.eval().forward_intermediates(inputs["rgb"], output_fmt="NLC", intermediates_only=True)
+    for ours, timm_tokens in zip(every, theirs, strict=True):
+        assert_close(timm_tokens, ours[:, :-1], atol=1e-5, rtol=1e-5)  # timm drops the prefix (global) token
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_presets_train_one_step(preset):
     torch.manual_seed(0)

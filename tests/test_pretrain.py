@@ -126,6 +126,32 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert_same_training(weights(tmp_path / "runs" / "single"), weights(tmp_path / "runs" / "ddp"))
 
 
+def test_sigterm_under_torchrun_saves_on_every_rank_at_one_step(tmp_path):
+    """SIGTERM to torchrun (what a scheduler sends) reaches both gloo ranks; they agree on the step to stop at,
+    save one consistent checkpoint and stop, well before torchrun's own kill."""
+    args = ["--set", f"model={json.dumps(TINY['model'])}", "--set", f"data={json.dumps(TINY['data'])}",
+            "--set", "batch_size=4", "--set", "checkpoint_every=1000", "--set", "preview_every=0", "--steps", "400",
+            "--device", "cpu"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+         "-m", "multimae_cli", "pretrain", "--quiet", "--name", "ddp", "--out", str(tmp_path / "runs"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics_file = tmp_path / "runs" / "ddp" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics_file.is_file() and metrics_file.read_text().strip()) and time.time() < deadline:
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.05)
+    started = time.time()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert time.time() - started < 25, "the ranks did not stop within a few steps"
+    said = re.findall(r"error: stopped by SIGTERM at step (\d+); checkpoint saved", stderr)
+    assert len(said) == 2 and len(set(said)) == 1, stderr[-3000:]  # both ranks, the same step
+    state = torch.load(ckpt.find_checkpoint(tmp_path / "runs" / "ddp") / "state.pt", weights_only=True)
+    assert state["step"] == int(said[0])
+    assert {int(entry["step"]) for entry in state["optimizer"]["state"].values()} == {state["step"]}
+
+
 POISON_RANK_0 = """
 import os
 from multimae_cli.cli import main
@@ -333,7 +359,10 @@ def test_example_configs_are_valid(name):
         assert (model.dim, model.num_encoded_tokens, config.epochs, config.batch_size) == (768, 98, 1600, 256)
 
 
-def test_ctrl_c_saves_and_stops(tmp_path):
+@pytest.mark.parametrize(("number", "said"), [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")])
+def test_ctrl_c_and_sigterm_save_and_stop_at_a_step_boundary(tmp_path, number, said):
+    """Ctrl-C and SIGTERM (what SLURM and Kubernetes send) stop at the next step boundary: the checkpoint's
+    weights, optimiser and step agree (every AdamW state took exactly `step` updates), so it resumes exactly."""
     args = ["pretrain", "--name", "interrupted", "--out", str(tmp_path / "runs"), "--steps", "400", "--device", "cpu",
             "--set", f"model={json.dumps(TINY['model'])}", "--set", f"data={json.dumps(TINY['data'])}",
             "--set", "batch_size=4", "--set", "checkpoint_every=1000", "--set", "preview_every=0", "--quiet"]
@@ -344,14 +373,16 @@ def test_ctrl_c_saves_and_stops(tmp_path):
     while not (metrics_file.is_file() and metrics_file.read_text().strip()) and time.time() < deadline:
         assert process.poll() is None, process.stderr.read()
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(number)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2
-    assert re.fullmatch(r"error: interrupted at step (\d+); checkpoint saved, continue with `multimae pretrain "
+    assert re.fullmatch(rf"error: {said} at step (\d+); checkpoint saved, continue with `multimae pretrain "
                         r"--resume .*interrupted`", stderr.strip()), stderr
     step = int(re.search(r"step (\d+)", stderr).group(1))
     state = torch.load(ckpt.find_checkpoint(tmp_path / "runs" / "interrupted") / "state.pt", weights_only=True)
     assert state["step"] == step >= 10
+    updates = {int(entry["step"]) for entry in state["optimizer"]["state"].values()}
+    assert updates == {step}
 
 
 def test_compiled_step_matches_eager(tmp_path):

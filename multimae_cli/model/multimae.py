@@ -14,6 +14,7 @@ from functools import partial
 
 import torch
 from timm.models import checkpoint, checkpoint_seq
+from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -136,17 +137,34 @@ class MultiMAE(nn.Module):
 
     def encode_unmasked(self, inputs: Mapping[str, torch.Tensor], return_all_layers: bool = False
                         ) -> tuple[torch.Tensor | list[torch.Tensor], TokenLayout]:
-        """`forward_features` plus the token layout (what fine-tuning heads read)."""
+        """`forward_features` (or every block's tokens) plus the token layout: what fine-tuning heads read."""
+        if return_all_layers:
+            _, layers, layout = self._encode_blocks(inputs, None, stop_early=False)
+            return layers, layout
+        tokens, layout = self.tokenize(inputs)
+        return self._run_encoder(self._append_global_tokens(tokens)), layout
+
+    def forward_intermediates(self, inputs: Mapping[str, torch.Tensor], indices: int | Sequence[int] | None = None,
+                              stop_early: bool = False, intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's intermediate-feature API on the unmasked encoder: the tokens (B, N + G, dim, "NLC") after the
+        blocks `indices` names (an int: the last n; None: all), and the final tokens unless `intermediates_only`.
+        `stop_early` skips the blocks after the last one asked for."""
+        final, intermediates, _ = self._encode_blocks(inputs, indices, stop_early)
+        return intermediates if intermediates_only else (final, intermediates)
+
+    def _encode_blocks(self, inputs: Mapping[str, torch.Tensor], indices: int | Sequence[int] | None,
+                       stop_early: bool) -> tuple[torch.Tensor, list[torch.Tensor], TokenLayout]:
+        take, last = feature_take_indices(len(self.encoder), indices)
         tokens, layout = self.tokenize(inputs)
         x = self._append_global_tokens(tokens)
-        if not return_all_layers:
-            return self._run_encoder(x), layout
-        layers = []
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
-        for block in self.encoder:
+        intermediates = []
+        for i, block in enumerate(self.encoder[:last + 1] if stop_early else self.encoder):
             x = checkpoint(block, x) if recompute else block(x)
-            layers.append(x)
-        return layers, layout
+            if i in take:
+                intermediates.append(x)
+        return x, intermediates, layout
 
     def encode(
         self,

@@ -4,8 +4,11 @@ progress bar, and saving progress when a run is stopped."""
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -14,24 +17,81 @@ from ..errors import ConfigError, MultiMAEError, TrainingStopped, one_line
 from .distributed import DistInfo, EpochSampler, setup, teardown
 
 
+class _StopRequested(Exception):
+    """Raised by `StopSignals.check` at a step boundary once a stop signal arrived."""
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C, or `kill -INT`, also for a run in the background) and SIGTERM (what SLURM, Kubernetes and
+    torchrun send before a kill) ask the loop to stop. It does so at the next step boundary, where weights,
+    optimiser, RNGs and step agree, so the checkpoint it saves resumes bit for bit; under torchrun every rank
+    learns of it at the same step. A second signal stops at once, without saving."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, info: DistInfo, device: torch.device) -> None:
+        self.info, self.device = info, device
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(number).name
+
+    def check(self) -> None:
+        """At a step boundary: stop here if any rank received a signal."""
+        requested = self.received is not None
+        if self.info.world > 1:
+            flag = torch.tensor([float(requested)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if requested:
+            raise _StopRequested
+
+
 @contextlib.contextmanager
-def stops_saved(save: Callable[[], None], current_step: Callable[[], int], info: DistInfo, command: str, run: Path):
-    """A training loop stopped by Ctrl-C or by a bad input met mid-run (a corrupt file) saves its progress and
-    says how to resume. Under DDP a bad input is re-raised as it is: other ranks may be waiting in a collective,
-    so no checkpoint barrier can be entered."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        save()
-        raise TrainingStopped(f"interrupted at step {current_step()}; checkpoint saved, continue with "
-                              f"`multimae {command} --resume {run}`") from None
-    except MultiMAEError as exc:
-        step = current_step()
-        if info.world > 1 or step == 0 or isinstance(exc, TrainingStopped):
-            raise
-        save()
-        raise TrainingStopped(f"{one_line(exc)}; progress saved at step {step}: mend the input (or set "
-                              f"data.skip_bad=true) and continue with `multimae {command} --resume {run}`") from None
+def stops_saved(save: Callable[[], None], current_step: Callable[[], int], info: DistInfo, command: str, run: Path,
+                device: torch.device):
+    """A training loop stopped by a signal (`StopSignals`, yielded: the loop calls its `check()` after each
+    step) or by a bad input met mid-run (a corrupt file) saves its progress and says how to resume. Under DDP a
+    bad input is re-raised as it is: other ranks may be waiting in a collective, so no checkpoint barrier can be
+    entered."""
+    resume = f"`multimae {command} --resume {run}`"
+    signals = StopSignals(info, device)
+    with signals:
+        try:
+            yield signals
+        except _StopRequested:
+            save()
+            what = "interrupted" if signals.received in (None, "SIGINT") else f"stopped by {signals.received}"
+            raise TrainingStopped(f"{what} at step {current_step()}; checkpoint saved, continue with {resume}") \
+                from None
+        except KeyboardInterrupt:
+            raise TrainingStopped(f"interrupted twice at step {current_step()}: stopped without saving; the last "
+                                  f"checkpoint is kept, continue with {resume}") from None
+        except RuntimeError:
+            if signals.received is None:
+                raise
+            save()  # the signal also stopped the loader's workers while the loop waited for a batch
+            raise TrainingStopped(f"stopped by {signals.received} at step {current_step()}; checkpoint saved, "
+                                  f"continue with {resume}") from None
+        except MultiMAEError as exc:
+            step = current_step()
+            if info.world > 1 or step == 0 or isinstance(exc, TrainingStopped):
+                raise
+            save()
+            raise TrainingStopped(f"{one_line(exc)}; progress saved at step {step}: mend the input (or set "
+                                  f"data.skip_bad=true) and continue with {resume}") from None
 
 
 def resolve_device(name: str) -> torch.device:
