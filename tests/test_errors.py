@@ -218,3 +218,25 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.txt")], capture_output=True, text=True)
     assert result.stdout.strip().splitlines()[-1] == "False", result.stdout + result.stderr
+
+
+def test_truncated_checkpoint_is_one_line_in_every_command(tmp_path, tiny_model):
+    """A native file cut short (a copy that did not finish): predict, eval, export, info and finetune say so in one
+    line naming the file, exit 2, and write nothing."""
+    import numpy as np
+
+    from multimae_cli.io import write_image
+
+    whole = tmp_path / "whole.safetensors"
+    save_model(tiny_model, whole)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    write_image(tmp_path / "img.png", np.zeros((64, 64, 3), np.uint8))
+    expected = f"error: {cut}: unreadable safetensors file ("
+    for args in (["predict", str(tmp_path / "img.png"), "--out", str(tmp_path / "out"), "--checkpoint", str(cut)],
+                 ["eval", str(cut)], ["export", str(cut), "--format", "official", "--out", str(tmp_path / "x.pth")],
+                 ["info", str(cut)], ["finetune", "--task", "depth", "--checkpoint", str(cut), "--steps", "1"]):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.startswith(expected), (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x.pth").exists() and not (tmp_path / "runs").exists()

@@ -621,3 +621,17 @@ def test_modality_options_are_declared_by_the_plugin_and_set_from_configs(tmp_pa
     with pytest.raises(ConfigError, match=r"^modality_options\.depth: 'depth' is not an input or output of this "
                                           r"model \(thermal\)$"):
         create_model(ModelConfig(**tiny, modality_options={"depth": {"loss": "mse"}}), registry)
+
+
+def test_plugin_calling_sys_exit_is_left_out(tmp_path):
+    """A plugin that exits at import or in a hook (SystemExit) is reported and left out; the CLI keeps working."""
+    make_dist(tmp_path, "exiting-plugin", "exiting_plugin", "import sys\nsys.exit(3)\n", "exiting")
+    hooked = "import sys\nfrom multimae_cli import hookimpl\n\n@hookimpl\ndef register_modalities(register):\n" \
+             "    sys.exit(4)\n"
+    make_dist(tmp_path, "exiting-hook", "exiting_hook", hooked, "exitinghook")
+    result = run_cli("plugins", "--json", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["exiting"]["error"] == "failed to import: SystemExit: 3"
+    assert rows["exitinghook"]["error"] == "raised in register_modalities: SystemExit: 4"
+    assert rows["rgb"]["error"] is None

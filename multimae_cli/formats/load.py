@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
-from .native import config_from_metadata, is_safetensors, read_safetensors, write_native
+from .native import config_from_metadata, is_safetensors, read_metadata, read_safetensors, write_native
 
 if TYPE_CHECKING:
     import torch
@@ -97,11 +97,11 @@ def read_task_info(path: str | Path) -> dict[str, Any] | None:
         return None
     if not is_safetensors(path):
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return json.loads(metadata[TASK_KEY]) if TASK_KEY in metadata else None
+    metadata = read_metadata(path)
+    try:
+        return json.loads(metadata[TASK_KEY]) if TASK_KEY in metadata else None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: invalid fine-tuning record in the file header ({exc})") from None
 
 
 def load_task_model(path: str | Path, **overrides: Any):

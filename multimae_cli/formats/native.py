@@ -58,6 +58,18 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The header metadata of a safetensors file, without reading its tensors; a malformed file is one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
+
+
 def config_from_metadata(metadata: dict[str, str], path: str | Path) -> ModelConfig | None:
     """The model config stored by `write_native`, or None for a plain safetensors state dict."""
     if CONFIG_KEY not in metadata:

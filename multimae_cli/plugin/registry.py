@@ -104,7 +104,7 @@ class Registry:
                               dist.version if dist else None)
             try:
                 plugin = entry_point.load()
-            except Exception as exc:  # a broken plugin must not take the others down
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down
                 self._fail(info, f"failed to import: {type(exc).__name__}: {exc}")
                 continue
             self._add_checked(plugin, info)
@@ -158,7 +158,7 @@ class Registry:
             added: list[Any] = []
             try:
                 impl.function(**{arg: added.append for arg in impl.argnames})
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self._fail(info, f"raised in {hook}: {type(exc).__name__}: {exc}")
                 continue
             for record in added:
@@ -222,7 +222,7 @@ class Registry:
         for impl in self.manager.hook.register_commands.get_hookimpls():
             try:
                 impl.function(**{arg: app for arg in impl.argnames})
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self._fail(self.plugins[impl.plugin_name], f"raised in register_commands: {type(exc).__name__}: {exc}")
 
 
