@@ -236,6 +236,8 @@ class PretrainConfig(RunConfig):
     preset: str = "tiny"
     model: dict[str, Any] = {"image_size": 64, "depth": 6}
     norm_pix_target: bool = True
+    # the fraction of input tokens masked (`--mask-ratio`): MAE's 0.75 is 0.75; default: 5/6 (the official 98 of 588)
+    mask_ratio: Fraction | None = None
     loss_weights: dict[str, float] = {}
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig(blr=8e-3)  # lr 5e-4 at batch 16: the tiny CPU recipe
@@ -251,9 +253,12 @@ class PretrainConfig(RunConfig):
         return self
 
     def model_config_resolved(self, companions: Mapping[str, Sequence[str]] | None = None) -> ModelConfig:
-        """The ModelConfig of this run: preset + overrides, a sixth of the tokens encoded, and (`norm_pix_target`)
-        the `companions` of its outputs added: output name -> the outputs that come with it, which the plugins
-        declare (`plugin.factory.pretrain_model_config` passes them)."""
+        """The ModelConfig of this run: preset + overrides, a sixth of the tokens encoded (or 1 - `mask_ratio`),
+        and (`norm_pix_target`) the `companions` of its outputs added: output name -> the outputs that come with
+        it, which the plugins declare (`plugin.factory.pretrain_model_config` passes them)."""
+        if self.mask_ratio is not None and "num_encoded_tokens" in self.model:
+            raise ValueError("mask_ratio and model.num_encoded_tokens are both set: give one (mask_ratio is the "
+                             "fraction masked, num_encoded_tokens the count kept)")
         values = dict(self.model)
         outputs = tuple(values.get("outputs", values.get("inputs", ModelConfig().inputs)))
         if self.norm_pix_target:
@@ -262,9 +267,10 @@ class PretrainConfig(RunConfig):
         values["outputs"] = outputs
         try:
             config = ModelConfig.from_preset(self.preset, **{"num_encoded_tokens": 0, **values})
+            tokens = len(config.inputs) * config.grid[0] * config.grid[1]
             if "num_encoded_tokens" not in self.model:
-                tokens = len(config.inputs) * config.grid[0] * config.grid[1]
-                config = config.replace(num_encoded_tokens=max(1, round(tokens / 6)))
+                visible = tokens * (1 - self.mask_ratio) if self.mask_ratio is not None else tokens / 6
+                config = config.replace(num_encoded_tokens=max(1, round(visible)))
         except ConfigError as exc:
             raise ValueError("; ".join(f"model.{part}" for part in str(exc).split("; "))) from None
         return config

@@ -27,6 +27,11 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+    @app.callback()
+    def root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                          help="Print multimae's version and plugin API, then exit.")) -> None:
+        """MultiMAE: multi-modal multi-task masked autoencoders. Pretrain, fine-tune, predict, export."""
+
     pretrain.register(app)
     finetune.register(app)
     predict.register(app)
@@ -39,6 +44,15 @@ def build_app() -> typer.Typer:
 
     get_registry().add_commands(app)
     return app
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .._version import __version__
+        from ..plugin.hookspecs import API_VERSION
+
+        typer.echo(f"multimae {__version__} (plugin API {API_VERSION})")
+        raise typer.Exit()
 
 
 def usage_line(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
-from .output import summary_line
+from .output import config_yaml, summary_line
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -52,6 +52,8 @@ def register_finetune(app: typer.Typer) -> None:
         resume: Path | None = typer.Option(None, "--resume", help="Continue runs/<name> exactly where it stopped."),
         quiet: bool = typer.Option(False, "--quiet"),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config as YAML (what "
+                                          "--config reads) and exit without training."),
     ) -> None:
         """Fine-tune a task head (and the encoder) from a pretrained checkpoint."""
         from ..config import FinetuneConfig, load_config
@@ -75,6 +77,9 @@ def register_finetune(app: typer.Typer) -> None:
             settings = saved_config(FinetuneConfig, resume)
         else:
             settings = load_config(FinetuneConfig, str(config) if config else None, flags, assignments)
+        if print_config:
+            typer.echo(config_yaml(settings), nl=False)
+            return
         from ..train.finetune import finetune
 
         summary = finetune(settings, resume=resume, quiet=quiet or as_json)
@@ -115,5 +120,8 @@ def register_eval(app: typer.Typer) -> None:
             return
         if as_json:
             typer.echo(json.dumps(result))
-        else:
-            _print_metrics(f"{result['task']} on {result['split']} ({result['samples']} samples)", result["metrics"])
+            return
+        _print_metrics(f"{result['task']} on {result['split']} ({result['samples']} samples)", result["metrics"])
+        if split == "val":
+            typer.echo("note: the val split is where fine-tuning chooses best/ by default, so this figure is "
+                       "optimistic; --split test scores held-out data", err=True)

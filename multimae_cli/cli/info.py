@@ -57,3 +57,9 @@ def register(app: typer.Typer) -> None:
         for key in ("image_size", "patch_size", "dim", "depth", "num_heads", "decoder_dim", "decoder_depth",
                     "decoder_num_heads", "channels"):
             typer.echo(f"  {key}: {config[key]}")
+        if task is None:
+            grid = (config["image_size"][0] // config["patch_size"]) * (config["image_size"][1] // config["patch_size"])
+            tokens = len(config["inputs"]) * grid
+            visible = config["num_encoded_tokens"]
+            typer.echo(f"  masking: {visible} of {tokens} input tokens visible ({1 - visible / tokens:.0%} masked), "
+                       f"alphas {config['alphas']}")

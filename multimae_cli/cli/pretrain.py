@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
-from .output import summary_line
+from .output import config_yaml, summary_line
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         assignments: list[str] = typer.Option(None, "--set", help="key=value, e.g. optim.blr=1.5e-4 (repeatable)."),
         preset: str | None = typer.Option(None, "--preset", help="tiny | small | base | large."),
         image_size: int | None = typer.Option(None, "--image-size"),
+        mask_ratio: float | None = typer.Option(None, "--mask-ratio", help="Fraction of input tokens masked, e.g. "
+                                                "0.75 (default: 5/6, the official 98 of 588 visible)."),
         batch_size: int | None = typer.Option(None, "--batch-size"),
         steps: int | None = typer.Option(None, "--steps"),
         epochs: float | None = typer.Option(None, "--epochs"),
@@ -32,6 +34,8 @@ def register(app: typer.Typer) -> None:
         resume: Path | None = typer.Option(None, "--resume", help="Continue runs/<name> exactly where it stopped."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config as YAML (what "
+                                          "--config reads) and exit without training."),
     ) -> None:
         """Pretrain MultiMAE (default: the tiny preset on synthetic scenes, CPU-friendly)."""
         from ..config import PretrainConfig, load_pretrain_config
@@ -46,9 +50,9 @@ def register(app: typer.Typer) -> None:
             flags["model"] = model
         if data is not None:
             flags["data"] = {"source": "folder", "path": str(data)}
-        for key, value in (("preset", preset), ("batch_size", batch_size), ("steps", steps), ("epochs", epochs),
-                           ("precision", precision), ("device", device), ("name", name), ("seed", seed),
-                           ("out_dir", str(out_dir) if out_dir else None)):
+        for key, value in (("preset", preset), ("mask_ratio", mask_ratio), ("batch_size", batch_size),
+                           ("steps", steps), ("epochs", epochs), ("precision", precision), ("device", device),
+                           ("name", name), ("seed", seed), ("out_dir", str(out_dir) if out_dir else None)):
             if value is not None:
                 flags[key] = value
         if resume is not None:
@@ -59,6 +63,9 @@ def register(app: typer.Typer) -> None:
             settings = saved_config(PretrainConfig, resume)
         else:
             settings = load_pretrain_config(str(config) if config else None, flags, assignments)
+        if print_config:
+            typer.echo(config_yaml(settings), nl=False)
+            return
         from ..train.pretrain import pretrain
 
         summary = pretrain(settings, resume=resume, quiet=quiet or as_json)

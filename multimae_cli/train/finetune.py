@@ -263,8 +263,9 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 last_loss = record["loss"]
                 if info.is_main:
                     ckpt.append_metrics(run, {"step": step, **record, "lr": opt.lr})  # layer decay: the head's lr
-                bar.update(handle, stats=f"loss {record['loss']:.4f}")
-            bar.update(handle, completed=step)
+                bar.update(handle, completed=step, stats=f"loss {record['loss']:.4f}  lr {opt.lr:.2e}")
+            else:
+                bar.update(handle, completed=step)
             if val_set is not None and (step == total_steps or step % config.eval_every == 0):
                 evaluation = validate(step)
                 score = evaluation[metric_kind.main]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,12 +110,43 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
+class PlainProgress:
+    """Progress off a terminal (SLURM, nohup, CI, a pipe): one plain line per log interval on stderr, which
+    `grep` and `tail -f` can follow, instead of a bar nobody sees until the run ends."""
+
+    def __init__(self, name: str, total: int, completed: int) -> None:
+        self.name, self.total, self.start = name, total, completed
+        self.began = time.perf_counter()
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def update(self, task: int, completed: int | None = None, stats: str | None = None) -> None:
+        if stats is None or completed is None:
+            return
+        elapsed = time.perf_counter() - self.began
+        done = completed - self.start
+        eta = (self.total - completed) * elapsed / done if done > 0 else 0.0
+        minutes, seconds = divmod(round(eta), 60)
+        print(f"{self.name} step {completed}/{self.total}  {stats}  eta {minutes}m{seconds:02d}s", file=sys.stderr,
+              flush=True)
+
+
 def progress_bar(name: str, total: int, completed: int, disabled: bool):
-    """A rich progress bar of training steps with a `stats` text field, and its task id."""
+    """Training progress on stderr and its task id: a rich bar with a `stats` field on a terminal, else one plain
+    line per log interval (`PlainProgress`); nothing when `disabled`. Call `update(task, completed=, stats=)`
+    with `stats` at log steps."""
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
+    if not disabled and not console.is_terminal:
+        return PlainProgress(name, total, completed), 0
     bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-                   TimeRemainingColumn(), disable=disabled)
+                   TimeRemainingColumn(), console=console, disable=disabled)
     return bar, bar.add_task(name, total=total, completed=completed, stats="")
 
 
