@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import yaml
 from conftest import REPO, run_cli
@@ -29,6 +30,13 @@ def test_progress_off_a_terminal_is_one_plain_line_per_log_interval(tmp_path):
     assert [int(re.match(r"pretrain step (\d+)/6  loss [\d.]+  lr [\d.e+-]+  [\d.]+ img/s  eta \d+m\d\ds$",
                          line).group(1)) for line in lines] == [2, 4, 6], result.stderr
     assert result.stdout.startswith("done: 6 steps")
+    card = (tmp_path / "runs" / "p" / "README.md").read_text()  # the model card of the run
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "multimae" and front["license"] == "other" and "rgb" in front["tags"]
+    for line in ("| inputs | rgb |", "| started from | random initialisation |", "| steps | 6 at batch 2 per process |",
+                 "## Results", f"multimae predict photo.jpg --out out/ --checkpoint {tmp_path / 'runs' / 'p'}"):
+        assert line in card, line
+    assert re.search(r"- loss: [\d.]+ -> [\d.]+\n", card)
     quiet = run_cli("pretrain", "--steps", "2", "--quiet", "--set", "batch_size=2", "--name", "q", "--out",
                     str(tmp_path / "runs"), *TINY)
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
@@ -64,6 +72,8 @@ def test_eval_notes_when_it_scores_the_selection_split(tmp_path, encoder):
                     "data.val_scenes=2", "--name", "d", "--out", str(tmp_path / "runs"), "--json", "--device", "cpu")
     assert tuned.returncode == 0, tuned.stderr
     run = json.loads(tuned.stdout)["run"]
+    card = (Path(run) / "README.md").read_text()
+    assert "fine-tuned for `depth`" in card and f"| started from | `{encoder}` |" in card
     on_val = run_cli("eval", run, "--scenes", "2", "--workers", "0")
     assert on_val.returncode == 0 and "the val split is where fine-tuning chooses best/" in on_val.stderr
     on_test = run_cli("eval", run, "--split", "test", "--scenes", "2", "--workers", "0")

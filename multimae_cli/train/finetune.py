@@ -32,6 +32,7 @@ from ..plugin.factory import build_task_model, create_model, resolve_modalities
 from ..plugin.registry import get_registry
 from ..plugin.task import Task
 from . import checkpoint as ckpt
+from .card import write_model_card
 from .distributed import DistInfo, average
 from .evaluate import eval_loader, evaluate
 from .optim import Optimization
@@ -190,6 +191,18 @@ def _datasets(config: FinetuneConfig, task: Task, model, modalities: dict, info:
     return dataset, TaskDataset(val_source, inputs, task, modalities, size, train=False, **common)
 
 
+def _on_device(batch: dict, dataset: TaskDataset, task: Task, scale: float, zero: bool, mixup, device: torch.device):
+    """A loader batch as the model and the loss take it: inputs normalised on the device, the target prepared,
+    both mixed when mixup / CutMix is on."""
+    inputs = to_device({k: v for k, v in batch.items() if k != TARGET}, dataset.input_modalities, device,
+                       non_blocking=True)
+    target = prepare_target(task, batch[TARGET], scale, zero).to(device, non_blocking=True)
+    if mixup is not None:
+        (name,) = inputs
+        inputs[name], target = mixup(inputs[name], target)
+    return inputs, target
+
+
 def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
     import torch.distributed as dist
 
@@ -243,12 +256,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     with bar, stops_saved(save, lambda: step, info, "finetune", run, device) as stop:
         sampler.start_at(step)
         for batch in loader if step < total_steps else ():
-            inputs_batch = to_device({k: v for k, v in batch.items() if k != TARGET},
-                                     dataset.input_modalities, device, non_blocking=True)
-            target = prepare_target(task, batch[TARGET], scale, zero).to(device, non_blocking=True)
-            if mixup is not None:
-                (name,) = inputs_batch
-                inputs_batch[name], target = mixup(inputs_batch[name], target)
+            inputs_batch, target = _on_device(batch, dataset, task, scale, zero, mixup, device)
             with torch.autocast(device.type, dtype=opt.dtype or torch.float32, enabled=opt.dtype is not None):
                 pred = trained(inputs_batch)
             loss = criterion(pred.float(), target)
@@ -277,6 +285,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
             if step == total_steps:
                 break
             stop.check()
-    return {"run": str(run), "task": task.name, "steps": step, "first_loss": first_loss, "final_loss": last_loss,
-            "metrics": evaluation, "main_metric": metric_kind.main, "best": best,
-            "checkpoint": str(run / (ckpt.BEST if (run / ckpt.BEST).is_dir() else ckpt.LAST) / "model.safetensors")}
+    summary = {"run": str(run), "task": task.name, "steps": step, "first_loss": first_loss, "final_loss": last_loss,
+               "metrics": evaluation, "main_metric": metric_kind.main, "best": best,
+               "checkpoint": str(run / (ckpt.BEST if (run / ckpt.BEST).is_dir() else ckpt.LAST) / "model.safetensors")}
+    write_model_card(run, "finetune", config, model.config, summary, device, info)
+    return summary

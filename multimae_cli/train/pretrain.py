@@ -24,6 +24,7 @@ from ..model.losses import PretrainStep
 from ..model.masking import random_masks
 from ..plugin.factory import create_model, create_objective, pretrain_model_config, resolve_modalities
 from . import checkpoint as ckpt
+from .card import write_model_card
 from .distributed import DistInfo, average
 from .optim import Optimization
 from .runtime import distributed, epoch_loader, launch, progress_bar, resolve_precision, stops_saved
@@ -209,10 +210,12 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
             stop.check()
     cross_modal = _held_out_quality(model, held_out, modalities, run, step, device) \
         if info.is_main and first_loss is not None and held_out is not None else None
-    return {"run": str(run), "steps": step, "first_loss": first_loss, "cross_modal": cross_modal,
-            "final_loss": last_record["loss"] if last_record else None,
-            "img_per_s": last_record["img_per_s"] if last_record else None,
-            "checkpoint": str(run / ckpt.LAST / "model.safetensors")}
+    summary = {"run": str(run), "steps": step, "first_loss": first_loss, "cross_modal": cross_modal,
+               "final_loss": last_record["loss"] if last_record else None,
+               "img_per_s": last_record["img_per_s"] if last_record else None,
+               "checkpoint": str(run / ckpt.LAST / "model.safetensors")}
+    write_model_card(run, "pretrain", config, model_config, summary, device, info)
+    return summary
 
 
 def _held_out_quality(model, held_out, modalities: dict, run: Path, step: int, device: torch.device) -> dict:
