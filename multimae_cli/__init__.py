@@ -34,6 +34,7 @@ from .plugin.hookspecs import API_CHANGES, API_VERSION, hookimpl
 from .plugin.modality import AdapterContext, DecoderContext, Modality
 from .plugin.task import HeadContext, Task
 from .plugin.teacher import Labeler, Teacher, TeacherRequest, by_size
+from .plugin.weights import Weights
 
 if TYPE_CHECKING:
     from .formats.load import load_model, save_model
@@ -106,6 +107,7 @@ __all__ = [
     "TeacherRequest",
     "TokenLayout",
     "UnknownModalityError",
+    "Weights",
     "__version__",
     "as_path",
     "atomic_write_bytes",

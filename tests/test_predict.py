@@ -205,3 +205,24 @@ def test_predict_with_fine_tuned_checkpoints(tmp_path, photo):
     result = run_cli("predict", str(photo), "--out", str(tmp_path / "m"), "--checkpoint",
                      str(tmp_path / "depth.safetensors"), "--mask-ratio", "0.5")
     assert result.returncode == 2 and "fine-tuned checkpoint sees its inputs whole" in result.stderr
+
+
+def test_out_file_names_its_task(tmp_path, tiny_pth):
+    """`--out depth.png` with one image writes that file: the task the stem names, among several outputs; a name
+    that chooses none is one line listing the choices; several images never make a folder named `x.png`."""
+    from multimae_cli.io import read_image, write_image
+
+    write_image(tmp_path / "scene.png", np.zeros((64, 64, 3), np.uint8))
+    result = run_cli("predict", str(tmp_path / "scene.png"), "--out", str(tmp_path / "depth.png"),
+                     "--checkpoint", str(tiny_pth))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "depth.png").is_file() and read_image(tmp_path / "depth.png", color=False).shape == (64, 64)
+    vague = run_cli("predict", str(tmp_path / "scene.png"), "--out", str(tmp_path / "picture.png"),
+                    "--checkpoint", str(tiny_pth))
+    assert vague.returncode == 2 and vague.stderr.startswith(f"error: --out {tmp_path / 'picture.png'}: names one "
+                                                             "file, but this would write depth, semseg; pass --task")
+    write_image(tmp_path / "other.png", np.zeros((64, 64, 3), np.uint8))
+    several = run_cli("predict", str(tmp_path / "scene.png"), str(tmp_path / "other.png"), "--out",
+                      str(tmp_path / "semseg.png"), "--checkpoint", str(tiny_pth))
+    assert several.returncode == 2 and "2 images are given; give a folder" in several.stderr
+    assert not (tmp_path / "picture.png").exists() and not (tmp_path / "semseg.png").exists()

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from ..errors import MultiMAEError, one_line
-from . import data, export, finetune, info, plugins, predict, pretrain, pseudolabel
+from . import data, export, finetune, info, models, plugins, predict, pretrain, pseudolabel
 
 try:  # newer typer runs on its own copy of click, whose errors derive from this
     from typer.exceptions import TyperException as CommandLineError
@@ -39,6 +39,7 @@ def build_app() -> typer.Typer:
     export.register(app)
     plugins.register(app)
     info.register(app)
+    models.register(app)
     data.register(app)
     from ..plugin.registry import get_registry
 

@@ -24,9 +24,11 @@ WEIGHTS = "model.safetensors"
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """The weights file `path` names: a file, a checkpoint folder (`model.safetensors` inside), or a run folder
-    (its `best/` checkpoint when it has one, else `last/`)."""
-    path = Path(path)
+    """The weights file `path` names: a file, a checkpoint folder (`model.safetensors` inside), a run folder
+    (its `best/` checkpoint when it has one, else `last/`), or a registered weights name (`multimae models`)."""
+    from .weights import resolve_weights
+
+    path, _ = resolve_weights(path)
     for candidate in (path, path / WEIGHTS, path / "best" / WEIGHTS, path / "last" / WEIGHTS):
         if candidate.is_file():
             return candidate
@@ -178,7 +180,10 @@ def load_model(path: str | Path, **overrides: Any) -> MultiMAE:
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: unknown key (model config fields: "
                           f"{', '.join(ModelConfig.model_fields)})")
-    state_dict, config = read_checkpoint(path, **overrides)
+    from .weights import resolve_weights
+
+    path, defaults = resolve_weights(path)  # a name: its cached file and what the file cannot tell
+    state_dict, config = read_checkpoint(path, **{**defaults, **overrides})
     model = create_model(config)
     if "inputs" in overrides or "outputs" in overrides:
         state_dict = _drop_unused_adapters(state_dict, model)

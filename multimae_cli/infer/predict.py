@@ -82,6 +82,7 @@ def predict(
     `colorize`, `<task>-color/<key>.png` for outputs whose file is not a picture already (depth). Existing
     files are kept unless `overwrite`.
     """
+    tasks_given = list(tasks or [])
     if not 0.0 <= mask_ratio < 1.0:
         raise ConfigError(f"--mask-ratio must lie in [0, 1), got {mask_ratio}")
     if batch_size < 1:
@@ -90,10 +91,12 @@ def predict(
     predictor = Predictor.from_checkpoint(weights, device)
     primary = predictor.config.inputs[0]
     extra = {name: Path(path) for name, path in (extra_inputs or {}).items()}
-    tasks = _tasks(predictor, primary, extra, tasks, mask_ratio)
     listed = list_images(images, predictor.modalities[primary].extensions)
+    single_file = out.suffix.lower() in IMAGE_SUFFIXES
+    tasks = _tasks(predictor, primary, extra, tasks, mask_ratio)
+    if single_file:
+        tasks = _file_task(out, tasks, len(listed), explicit=bool(tasks_given))
     maps = [name for name in tasks if name != CLASSIFICATION]  # written as files by their modality
-    single_file = len(listed) == 1 and len(maps) == 1 == len(tasks) and out.suffix.lower() in IMAGE_SUFFIXES
     pictured = [name for name in maps if colorize and _needs_picture(predictor.modalities[name])]
     targets = {key: _targets(out, key, maps, single_file, pictured) for key, _ in listed}
     _check_targets(out, targets, viz, overwrite, manifest=None if single_file else out / "predict.json")
@@ -158,6 +161,21 @@ def _tasks(predictor: Predictor, primary: str, extra: Mapping[str, Path], tasks:
         raise ConfigError("--mask-ratio: a fine-tuned checkpoint sees its inputs whole; masking is for "
                           "pretraining checkpoints")
     return tasks
+
+
+def _file_task(out: Path, tasks: list[str], images: int, explicit: bool) -> list[str]:
+    """`--out NAME.png` writes one file: one image, one output (`--task`, else the one the file's stem names, else
+    the only one); anything else is one line saying what to pass."""
+    if images != 1:
+        raise ConfigError(f"--out {out}: names one file, but {images} images are given; give a folder")
+    if CLASSIFICATION in tasks:
+        raise ConfigError(f"--out {out}: a classification has no picture; give a folder (or --json)")
+    if len(tasks) == 1:
+        return tasks
+    if not explicit and out.stem in tasks:
+        return [out.stem]
+    raise ConfigError(f"--out {out}: names one file, but this would write {', '.join(tasks)}; pass --task "
+                      f"{tasks[0]} (or name the file after one: {tasks[0]}{out.suffix}), or give a folder")
 
 
 def _read(predictor: Predictor, primary: str, extra: Mapping[str, Path], key: str, path: Path,

@@ -45,5 +45,10 @@ def register_teachers(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
+def register_weights(register: Callable[[Any], None]) -> None:
+    """Call `register(Weights(...))` once for every named pretrained weights file the plugin publishes."""
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add commands to the `multimae` Typer app (`@app.command()`); called once when the CLI starts."""

@@ -25,6 +25,7 @@ from .modality import Modality
 if TYPE_CHECKING:
     from .task import Task
     from .teacher import Teacher
+    from .weights import Weights
 
 ENTRY_POINT_GROUP = "multimae"
 LOAD_ENV = "MULTIMAE_LOAD_PLUGINS"
@@ -44,6 +45,7 @@ class PluginInfo:
     modalities: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     teachers: list[str] = field(default_factory=list)
+    weights: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -67,6 +69,7 @@ class PluginInfo:
             "modalities": self.modalities,
             "tasks": self.tasks,
             "teachers": self.teachers,
+            "weights": self.weights,
             "error": self.error,
         }
 
@@ -91,6 +94,7 @@ class Registry:
         self._modalities: dict[str, Modality] | None = None
         self._tasks: dict[str, Task] | None = None
         self._teachers: dict[str, Teacher] | None = None
+        self._weights: dict[str, Weights] | None = None
 
     def load_entry_points(self) -> None:
         """Import and register every plugin of the entry-point group (respecting MULTIMAE_LOAD_PLUGINS)."""
@@ -135,14 +139,14 @@ class Registry:
     def unregister(self, name: str) -> None:
         self.manager.unregister(name=name)
         self.plugins.pop(name, None)
-        self._modalities = self._tasks = self._teachers = None
+        self._modalities = self._tasks = self._teachers = self._weights = None
 
     def _add(self, plugin: object, info: PluginInfo) -> None:
         if info.name in self.plugins:
             raise PluginError(f"a plugin named {info.name!r} is already registered")
         self.manager.register(plugin, name=info.name)
         self.plugins[info.name] = info
-        self._modalities = self._tasks = self._teachers = None
+        self._modalities = self._tasks = self._teachers = self._weights = None
 
     def _fail(self, info: PluginInfo, reason: str) -> None:
         info.error = reason
@@ -199,6 +203,14 @@ class Registry:
 
             self._teachers = self._collect("register_teachers", Teacher, "teachers")
         return self._teachers
+
+    def weights(self) -> dict[str, Weights]:
+        """Every registered named weights file by name (collected once)."""
+        if self._weights is None:
+            from .weights import Weights
+
+            self._weights = self._collect("register_weights", Weights, "weights")
+        return self._weights
 
     def modality(self, name: str) -> Modality:
         """The registered modality `name`, or an error listing the known ones."""
