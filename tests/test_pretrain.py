@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -495,3 +496,36 @@ def test_resume_in_a_later_epoch_with_loader_workers_is_exact(tmp_path, monkeypa
     pretrain(tiny(tmp_path, name="resumed", **settings), resume=tmp_path / "runs" / "resumed", quiet=True)
     whole, resumed = weights(tmp_path / "runs" / "whole"), weights(tmp_path / "runs" / "resumed")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_resume_refuses_edited_settings_and_survives_a_kill_mid_write(tmp_path):
+    """`config.yaml` edited under a stopped run is refused with the keys that differ; a half-written last line of
+    `metrics.jsonl` and a `.last-*` folder left by a killed save are cleaned up by the resume; a state file that
+    is not one multimae wrote (a pickle payload, a truncated file) is one line."""
+    import yaml
+
+    run = tmp_path / "runs" / "r"
+    pretrain(tiny(tmp_path, name="r", steps=4), quiet=True)
+    config_file = run / "config.yaml"
+    original = config_file.read_text()
+    edited = yaml.safe_load(original)
+    edited["model"]["depth"], edited["steps"] = 3, 8
+    config_file.write_text(yaml.safe_dump(edited, sort_keys=False))
+    result = run_cli("pretrain", "--resume", str(run))
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {config_file}: changed since the run started: "
+                                                               "model.depth 2 -> 3, steps 4 -> 8;"), result.stderr
+    config_file.write_text(original.replace("steps: 4", "steps: 6"))  # as before, but the edit that extends it
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 5, "lo')  # a kill while writing
+    (run / ".last-abc123").mkdir()  # a kill while saving
+    result = run_cli("pretrain", "--resume", str(run))
+    assert result.returncode == 2 and "steps 4 -> 6" in result.stderr
+    config_file.write_text(original)
+    pretrain(tiny(tmp_path, name="r", steps=4), resume=run, quiet=True)
+    assert not list(run.glob(".last-*")) and (run / "last" / "state.pt").is_file()
+    assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    (run / "last" / "state.pt").write_bytes(pickle.dumps(object()))
+    result = run_cli("pretrain", "--resume", str(run))
+    assert result.returncode == 2 and result.stderr == (
+        f"error: {run / 'last' / 'state.pt'}: unreadable training state (UnpicklingError): cut short, or not "
+        "written by multimae (objects in it are never loaded)\n")

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,15 @@ def saved_config(cls, run: str | Path):
     return build_config(cls, yaml.safe_load(path.read_text()))
 
 
+def remove_stale_saves(run: Path) -> None:
+    """Temporary `.last-*` folders left by saves that were killed half-way (the complete `last/` is kept)."""
+    for stale in run.glob(".last-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def save_checkpoint(run: Path, model, state: dict[str, Any]) -> Path:
     """Write model + training state as `run/last/`, keeping the previous one until the new one is complete."""
+    remove_stale_saves(run)
     tmp = Path(tempfile.mkdtemp(dir=run, prefix=".last-"))
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's folders are private
@@ -143,13 +151,19 @@ def find_checkpoint(run: str | Path) -> Path:
 
 
 def load_checkpoint(folder: Path):
-    """(model, state) of a checkpoint folder."""
-    model = load_model(folder / "model.safetensors")
+    """(model, state) of a pretraining checkpoint folder."""
+    return load_model(folder / "model.safetensors"), load_state(folder)
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    """The training state of a checkpoint folder (tensors and plain values only: nothing in it can run code)."""
     try:
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on foreign pickles: the one line below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{folder / 'state.pt'}: unreadable training state ({type(exc).__name__})") from None
-    return model, state
+        raise CheckpointError(f"{folder / 'state.pt'}: unreadable training state ({type(exc).__name__}): cut short, "
+                              "or not written by multimae (objects in it are never loaded)") from None
 
 
 def append_metrics(run: Path, record: dict[str, Any]) -> None:
@@ -162,5 +176,35 @@ def truncate_metrics(run: Path, last_step: int) -> None:
     path = run / "metrics.jsonl"
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # half a line: the process was killed while writing it
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= last_step:
+            kept.append(line)
     atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as `a.b` keys."""
+    flat: dict[str, Any] = {}
+    for name, item in values.items():
+        key = f"{prefix}{name}"
+        flat.update(_flat(item, key + ".") if isinstance(item, dict) and item else {key: item})
+    return flat
+
+
+def check_unchanged(run: Path, started: dict[str, Any] | None, config) -> None:
+    """A resumed run trains with the settings it started with: `config.yaml` edited in between is refused with
+    the keys that differ (silently ignoring the edits, or mixing two recipes in one run, would both mislead)."""
+    if started is None:  # a checkpoint from before the settings were recorded in it
+        return
+    now, then = _flat(config.model_dump(mode="json")), _flat(started)
+    changed = sorted(key for key in now.keys() | then.keys() if now.get(key) != then.get(key))
+    if changed:
+        shown = ", ".join(f"{key} {then.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])
+        raise ConfigError(f"{run / 'config.yaml'}: changed since the run started: {shown}"
+                          f"{' and more' if len(changed) > 4 else ''}; a run resumes with the settings it started "
+                          "with: restore them, or start a new run from its checkpoint")

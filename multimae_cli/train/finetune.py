@@ -154,9 +154,11 @@ def _open(config: FinetuneConfig, task: Task, known: dict, resume, info: DistInf
         run = Path(resume)
         folder = ckpt.find_checkpoint(run)
         model = load_task_model(folder / "model.safetensors")
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        state = ckpt.load_state(folder)
+        ckpt.check_unchanged(run, state.get("config"), config)
         if info.is_main:
             ckpt.truncate_metrics(run, state["step"])
+            ckpt.remove_stale_saves(run)
         return model, run, state
     inputs = list(config.inputs or (checkpoint_config(config).inputs if config.checkpoint else ["rgb"]))
     modalities = {n: known[n] for n in [*inputs, *([task.target] if task.target else [])]}
@@ -231,7 +233,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     def save(folder: str = ckpt.LAST) -> None:
         losses.check(run)
         if info.is_main and folder == ckpt.LAST:
-            ckpt.save_checkpoint(run, model, opt.state(step, best=best))
+            ckpt.save_checkpoint(run, model, opt.state(step, best=best, config=config.model_dump(mode="json")))
         elif info.is_main:
             ckpt.save_snapshot(run, folder, model)
         if info.world > 1:

@@ -122,8 +122,10 @@ def _open(config: PretrainConfig, resume, info: DistInfo):
         return create_model(pretrain_model_config(config)), run, {}
     run = Path(resume)
     model, state = ckpt.load_checkpoint(ckpt.find_checkpoint(run))
+    ckpt.check_unchanged(run, state.get("config"), config)
     if info.is_main:
         ckpt.truncate_metrics(run, state["step"])
+        ckpt.remove_stale_saves(run)
     return model, run, state
 
 
@@ -159,7 +161,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     def save() -> None:
         window.check(run)
         if info.is_main:
-            ckpt.save_checkpoint(run, model, opt.state(step))
+            ckpt.save_checkpoint(run, model, opt.state(step, config=config.model_dump(mode="json")))
         if info.world > 1:
             dist.barrier()
         saves.saved()
