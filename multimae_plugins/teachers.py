@@ -1,7 +1,8 @@
 """Built-in pseudo-labelling teachers, and `edges`, the Taskonomy-style modality one of them makes.
 
 - `multimae:CKPT`: a multimae checkpoint predicts the modality from rgb (cross-modal prediction).
-- `hf:DIR`: a Hugging Face `transformers` depth-estimation or segmentation model saved in a local folder
+- `hf:DIR` or `hf:ORG/NAME`: a Hugging Face `transformers` depth-estimation or segmentation model, saved in a
+  local folder or a hub id fetched through huggingface_hub's own cache (which honours `HF_HUB_OFFLINE`)
   (`pip install 'multimae[hf]'`). The paper's teachers map as: depth from DPT trained on Omnidata (a
   `DPTForDepthEstimation` folder; it predicts depth, so pass `output=depth`; the Intel DPT / Depth Anything
   relative models predict inverse depth, the default for `dpt` and `depth_anything`), semseg from
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -190,6 +192,20 @@ def semantic_scores(outputs, index: int, size: tuple[int, int]) -> torch.Tensor:
     return upsample(outputs.logits)
 
 
+def _hub_snapshot(repo_id: str) -> Path:
+    """A hub id's files through huggingface_hub's own cache (`HF_HOME`), which honours `HF_HUB_OFFLINE`."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConfigError("teacher hf needs the transformers package: pip install 'multimae[hf]'") from None
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # offline and not cached, no network, no such repository: all one line
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(f"hf:{repo_id}: no such folder here, and the Hugging Face hub did not give it "
+                          f"({type(exc).__name__}{': ' + detail[:160] if detail else ''})") from None
+
+
 def load_hf(request: TeacherRequest) -> Labeler:
     import numpy as np
     import torch
@@ -202,8 +218,10 @@ def load_hf(request: TeacherRequest) -> Labeler:
                           f"({modality.channels} channels)")
     request.check_options(["output"] if kind == "depth" else [])
     if not request.arg:
-        raise ConfigError("teacher hf needs a model folder: hf:DIR (saved with save_pretrained)")
+        raise ConfigError("teacher hf needs a model folder or hub id: hf:DIR or hf:ORG/NAME")
     folder = Path(request.arg)
+    if not folder.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", request.arg):
+        folder = _hub_snapshot(request.arg)
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{folder}: not a Hugging Face model folder (no config.json)")
     device = _device(request.device)
@@ -407,7 +425,7 @@ def register_teachers(register):
     ))
     register(Teacher(
         name="hf", load=load_hf,
-        description="a transformers depth-estimation or segmentation model in a local folder: hf:DIR",
+        description="a transformers depth-estimation or segmentation model: hf:DIR or hf:ORG/NAME (hub id)",
     ))
     register(Teacher(
         name="normals-from-depth", load=load_normals_from_depth, produces=("normals",), needs=("depth",),

@@ -328,3 +328,30 @@ def test_hf_teacher_without_transformers_says_how_to_install(tmp_path, rgb_dir, 
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ConfigError, match=r"teacher hf needs the transformers package: pip install 'multimae\[hf\]'"):
         pseudolabel(rgb_dir, tmp_path / "dataset", ["depth"], {"depth": f"hf:{hf_dirs['dpt']}"})
+
+
+def test_hf_teacher_takes_hub_ids_through_the_hub_cache(tmp_path, rgb_dir, hf_dirs):
+    """`hf:ORG/NAME` goes through huggingface_hub's own cache and honours HF_HUB_OFFLINE: a cached id labels like
+    its folder; an id that is neither a folder nor cached is one line (nothing is downloaded in tests)."""
+    import shutil
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--lab--tiny-dpt"
+    shutil.copytree(hf_dirs["dpt"], repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    by_id = run_cli("pseudolabel", str(rgb_dir), "--out", str(tmp_path / "by-id"), "--modalities", "depth",
+                    "--teacher", "depth=hf:lab/tiny-dpt", "--device", "cpu", "--quiet", env=env)
+    assert by_id.returncode == 0, by_id.stderr
+    by_folder = run_cli("pseudolabel", str(rgb_dir), "--out", str(tmp_path / "by-folder"), "--modalities", "depth",
+                        "--teacher", f"depth=hf:{hf_dirs['dpt']}", "--device", "cpu", "--quiet", env=env)
+    assert by_folder.returncode == 0, by_folder.stderr
+    for path in sorted((tmp_path / "by-folder" / "train" / "depth").rglob("*.png")):
+        twin = tmp_path / "by-id" / path.relative_to(tmp_path / "by-folder")
+        assert twin.read_bytes() == path.read_bytes(), path
+    missing = run_cli("pseudolabel", str(rgb_dir), "--out", str(tmp_path / "none"), "--modalities", "depth",
+                      "--teacher", "depth=hf:lab/not-cached", "--device", "cpu", "--quiet", env=env)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert missing.stderr.startswith("error: hf:lab/not-cached: no such folder here, and the Hugging Face hub did "
+                                     "not give it ("), missing.stderr

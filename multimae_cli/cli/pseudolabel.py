@@ -17,7 +17,8 @@ plus OUT/pseudolabel.json: teachers, classes, settings and versions.
 \b
 Teachers, --teacher MOD=NAME[:ARG][,KEY=VALUE...] (`multimae plugins`):
   multimae:CKPT         a multimae checkpoint that predicts MOD from rgb
-  hf:DIR                a transformers depth or segmentation model folder
+  hf:DIR|ORG/NAME       a transformers depth or segmentation model: a
+                        folder, or a hub id through the hub's cache
                         (pip install 'multimae\\[hf]'; output=depth|disparity)
   normals-from-depth    analytic normals of depth (default for normals;
                         fov=DEG, default 60, or focal=PX)
