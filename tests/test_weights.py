@@ -58,7 +58,7 @@ def server(tmp_path):
 @pytest.fixture()
 def names(server, tmp_path, monkeypatch):
     """The process registry with the built-ins plus test names pointing at the server; the cache in tmp_path."""
-    records = [Weights("tiny", f"{server}/tiny-{SHA256[:8]}.pth", SHA256[:8], overrides={"num_heads": 3}),
+    records = [Weights("tiny", f"{server}/tiny-{SHA256[:8]}.pth", SHA256[:8], overrides={"image_size": (32, 32)}),
                Weights("tiny-full-hash", f"{server}/tiny-{SHA256[:8]}.pth", SHA256),
                Weights("corrupt", f"{server}/corrupt-00000000.pth", "00000000"),
                Weights("cut", f"{server}/cut/tiny-{SHA256[:8]}.pth", SHA256[:8]),
@@ -86,9 +86,12 @@ def same_weights(a, b) -> bool:
 
 def test_download_is_verified_cached_and_used_offline(names, monkeypatch, capsys):
     model = load_model("tiny")
-    assert same_weights(model.state_dict(), load_model(FIXTURE).state_dict())
-    assert sorted(p.name for p in names.iterdir()) == [f"tiny-{SHA256[:8]}.pth"]
-    assert load_model("tiny-full-hash").config == model.config  # the full hash is checked as well
+    assert model.config.image_size == (32, 32)  # the record's overrides apply, by name and by cached path
+    assert load_model(names / "tiny" / f"tiny-{SHA256[:8]}.pth").config.image_size == (32, 32)
+    assert same_weights(model.state_dict(), load_model(FIXTURE, image_size=(32, 32)).state_dict())
+    assert sorted(str(p.relative_to(names)) for p in names.rglob("*")) == ["tiny", f"tiny/tiny-{SHA256[:8]}.pth"]
+    full = load_model("tiny-full-hash")  # the full hash is checked as well; no overrides: the file's own size
+    assert full.config.image_size == (64, 64) and same_weights(full.state_dict(), load_model(FIXTURE).state_dict())
     monkeypatch.setenv("MULTIMAE_OFFLINE", "1")
     assert same_weights(load_model("tiny").state_dict(), model.state_dict())  # from the cache, no network
 
@@ -97,13 +100,13 @@ def test_a_wrong_hash_is_refused_and_nothing_is_cached(names):
     with pytest.raises(CheckpointError, match=r"^corrupt: the download from http://127\.0\.0\.1:\d+/corrupt-00000000"
                                               r"\.pth does not match the registered sha256 .*nothing was cached$"):
         load_model("corrupt")
-    assert not names.exists() or list(names.iterdir()) == []
+    assert not names.exists() or [p for p in names.rglob("*") if p.is_file()] == []
 
 
 def test_a_download_cut_half_way_leaves_nothing(names):
     with pytest.raises(CheckpointError, match=r"^cut: (cannot download|the download from) http://127\.0\.0\.1:\d+/cut/"):
         load_model("cut")
-    assert not names.exists() or list(names.iterdir()) == []
+    assert not names.exists() or [p for p in names.rglob("*") if p.is_file()] == []
 
 
 def test_no_server_and_offline_are_one_line_naming_the_url_and_the_path(names, monkeypatch):

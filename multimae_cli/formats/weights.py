@@ -1,6 +1,6 @@
 """Named weights on disk: find a registered name's file in the cache, or download it there once, verified.
 
-The cache is `$MULTIMAE_HOME/weights` (default: `$XDG_CACHE_HOME/multimae`, else `~/.cache/multimae`).
+The cache is `$MULTIMAE_HOME/weights/<name>/` (default: `$XDG_CACHE_HOME/multimae`, else `~/.cache/multimae`).
 `MULTIMAE_WEIGHTS_URL` replaces the base URL of every file (a mirror, an air-gapped copy); `MULTIMAE_OFFLINE=1`
 or `HF_HUB_OFFLINE=1` forbids downloading. The download is torch.hub's: a temporary file in the cache folder,
 the sha256 checked against the registered hash (or its prefix) before the file is renamed into place, so a
@@ -41,11 +41,15 @@ def source_url(record) -> str:
 def resolve_weights(name: str | Path) -> tuple[Path, dict[str, Any]]:
     """An existing path as it is (no overrides), or a registered name's cached file (downloaded on first use)
     and the model settings its file cannot tell. Anything else is one line listing the names."""
-    path = Path(name)
-    if path.exists():
-        return path, {}
     from ..plugin.registry import get_registry
 
+    path = Path(name)
+    if path.exists():
+        if path.parent.parent.resolve() != cache_dir().resolve():
+            return path, {}
+        # a cached named file reached by its path (`find_checkpoint`, the `multimae:` teacher): its overrides too
+        record = get_registry().weights().get(path.parent.name)
+        return path, dict(record.overrides) if record is not None else {}
     known = get_registry().weights()
     if str(name) not in known:
         raise CheckpointError(f"{name}: no such file or folder, and not a weights name (names: "
@@ -55,7 +59,8 @@ def resolve_weights(name: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def cached_path(record) -> Path:
-    return cache_dir() / record.filename
+    """`<cache>/<name>/<file name>`: one folder per name, so a path in the cache tells its name."""
+    return cache_dir() / record.name / record.filename
 
 
 def fetch(record) -> Path:
