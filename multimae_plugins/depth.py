@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multimae_cli import (
+    InputError,
     MaskedL1,
     Modality,
     PatchInput,
@@ -29,8 +30,6 @@ def read(path: Path) -> np.ndarray:
     array = read_array(path) if path.suffix == ".npy" else read_image(path, color=False)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    from multimae_cli import InputError
-
     if array.ndim != 2:
         raise InputError(f"{path}: depth must have one channel, got shape {array.shape}")
     if array.dtype == "uint8":

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multimae_cli import (
+    InputError,
     MaskedL1,
     Modality,
     PatchInput,
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 def read(path: Path) -> np.ndarray:
     """(H, W, 3) float32 vectors in [-1, 1] from an RGB PNG (8 or 16 bit) or a `.npy` array."""
     import numpy as np
-
-    from multimae_cli import InputError
 
     path = as_path(path)
     if path.suffix == ".npy":

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from multimae_cli import (
     ClassEmbeddingInput,
+    InputError,
     MaskedCrossEntropy,
     Modality,
     SpatialOutput,
@@ -34,8 +35,6 @@ def read(path: Path) -> np.ndarray:
     """(H, W) integer class ids, in the file's own dtype, from a single-channel 8/16-bit PNG, a palette PNG (its
     indices) or `.npy`. They become int64 in `to_tensor`, after the crop and resize, where the map is smallest:
     widening a whole 8-bit map cost a tenth of a loader worker's time."""
-    from multimae_cli import InputError
-
     path = as_path(path)
     labels = read_array(path) if path.suffix == ".npy" else read_labels(path)
     if labels.ndim != 2:

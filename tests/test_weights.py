@@ -62,6 +62,8 @@ def names(server, tmp_path, monkeypatch):
                Weights("tiny-full-hash", f"{server}/tiny-{SHA256[:8]}.pth", SHA256),
                Weights("corrupt", f"{server}/corrupt-00000000.pth", "00000000"),
                Weights("cut", f"{server}/cut/tiny-{SHA256[:8]}.pth", SHA256[:8]),
+               Weights("licensed", f"{server}/tiny-{SHA256[:8]}.pth", SHA256[:8], licence="CC-BY 4.0",
+                       licence_id="cc-by-4.0", description="a licensed tiny model"),
                Weights("elsewhere", f"http://127.0.0.1:9/nothing/tiny-{SHA256[:8]}.pth", SHA256[:8])]
 
     class Published:
@@ -84,7 +86,7 @@ def same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_download_is_verified_cached_and_used_offline(names, monkeypatch, capsys):
+def test_download_is_verified_cached_and_used_offline(names, monkeypatch):
     model = load_model("tiny")
     assert model.config.image_size == (32, 32)  # the record's overrides apply, by name and by cached path
     assert load_model(names / "tiny" / f"tiny-{SHA256[:8]}.pth").config.image_size == (32, 32)
@@ -124,9 +126,18 @@ def test_mirror_url_replaces_the_base(names, server, monkeypatch):
     assert load_model("elsewhere").config.dim == 96
 
 
+def test_runs_from_named_weights_carry_their_licence(names):
+    """A model card names the weights a run started from and the licence it inherits from their record."""
+    from multimae_cli.train.card import _origin
+
+    assert _origin("licensed") == ("`licensed` (a licensed tiny model; CC-BY 4.0)", "cc-by-4.0", "CC-BY 4.0")
+    assert _origin(str(FIXTURE)) == (f"`{FIXTURE}`", "other", "")
+    assert _origin(None) == ("random initialisation", "other", "")
+
+
 def test_unknown_name_lists_the_names(names):
     with pytest.raises(CheckpointError, match=r"^nope: no such file or folder, and not a weights name \(names: "
-                                              r"corrupt, cut, elsewhere, mae-b, mae-b-timm, multimae-b, "):
+                                              r"corrupt, cut, elsewhere, licensed, mae-b, mae-b-timm, multimae-b, "):
         load_model("nope")
 
 

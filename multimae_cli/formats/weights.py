@@ -13,9 +13,12 @@ import http.client
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ..plugin.weights import Weights
 
 _LICENCES_SHOWN: set[str] = set()
 
@@ -45,10 +48,7 @@ def resolve_weights(name: str | Path) -> tuple[Path, dict[str, Any]]:
 
     path = Path(name)
     if path.exists():
-        if path.parent.parent.resolve() != cache_dir().resolve():
-            return path, {}
-        # a cached named file reached by its path (`find_checkpoint`, the `multimae:` teacher): its overrides too
-        record = get_registry().weights().get(path.parent.name)
+        record = record_of(path)
         return path, dict(record.overrides) if record is not None else {}
     known = get_registry().weights()
     if str(name) not in known:
@@ -56,6 +56,20 @@ def resolve_weights(name: str | Path) -> tuple[Path, dict[str, Any]]:
                               f"{', '.join(sorted(known)) or 'none registered'}; `multimae models` lists them)")
     record = known[str(name)]
     return fetch(record), dict(record.overrides)
+
+
+def record_of(checkpoint: str | Path) -> Weights | None:
+    """The registered weights a checkpoint is: by name, or by its path in the cache (reached through
+    `find_checkpoint` or the `multimae:` teacher); None for any other file."""
+    from ..plugin.registry import get_registry
+
+    known = get_registry().weights()
+    if str(checkpoint) in known:
+        return known[str(checkpoint)]
+    path = Path(checkpoint)
+    if path.exists() and path.parent.parent.resolve() == cache_dir().resolve():
+        return known.get(path.parent.name)
+    return None
 
 
 def cached_path(record) -> Path:

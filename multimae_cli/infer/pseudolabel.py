@@ -241,7 +241,8 @@ def pseudolabel(
     from ..plugin.registry import get_registry
 
     rgb_dir, out = Path(rgb_dir), Path(out)
-    _check_arguments(rgb_dir, out, data_dir := out / split, batch_size, workers, rgb_mode)
+    data_dir = out / split
+    _check_arguments(rgb_dir, out, data_dir, batch_size, workers, rgb_mode)
     registry = get_registry()
     names = list(dict.fromkeys(n for n in modalities if n != "rgb"))
     if not names:

@@ -24,6 +24,7 @@ class Weights:
     format: Literal["multivit", "timm", "native"] = "multivit"
     overrides: Mapping[str, Any] = field(default_factory=dict)
     licence: str = ""
+    licence_id: str = "other"  # the Hugging Face / SPDX id of `licence`, for model cards' front matter
     description: str = ""
 
     def __post_init__(self) -> None:

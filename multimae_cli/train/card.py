@@ -12,11 +12,9 @@ from typing import Any
 import torch
 
 from .._version import __version__
+from ..formats.weights import record_of
 from ..io import atomic_write_bytes
 from .distributed import DistInfo
-
-# The licence of weights a run starts from, by what its config names: the official release is CC-BY-NC 4.0.
-OFFICIAL_LICENCE = "cc-by-nc-4.0"
 
 
 def _hardware(device: torch.device, world: int) -> str:
@@ -32,14 +30,15 @@ def _data(config) -> str:
     return f"the folder dataset `{data.path}` (split `{data.split}`)"
 
 
-def _origin(checkpoint: str | None) -> tuple[str, str]:
-    """(what the run started from, the licence that puts on the result)."""
+def _origin(checkpoint: str | None) -> tuple[str, str, str]:
+    """(what the run started from, the licence id and the licence text that puts on the result): a named
+    weights file carries its registered licence; other files' licences are not known here."""
     if not checkpoint:
-        return "random initialisation", "other"
-    name = Path(checkpoint).name
-    if name.endswith(".pth") and ("multimae" in name or "mae-b" in name):
-        return f"`{checkpoint}` (official MultiMAE release, CC-BY-NC 4.0)", OFFICIAL_LICENCE
-    return f"`{checkpoint}`", "other"
+        return "random initialisation", "other", ""
+    record = record_of(checkpoint)
+    if record is None:
+        return f"`{checkpoint}`", "other", ""
+    return f"`{checkpoint}` ({record.description or record.name}; {record.licence})", record.licence_id, record.licence
 
 
 def write_model_card(run: Path, kind: str, config, model_config, summary: dict[str, Any], device: torch.device,
@@ -47,7 +46,7 @@ def write_model_card(run: Path, kind: str, config, model_config, summary: dict[s
     """`run/README.md` for a finished `pretrain` / `finetune` run, written by rank 0 (None on other ranks)."""
     if not info.is_main:
         return None
-    start, licence = _origin(getattr(config, "checkpoint", None))
+    start, licence, licence_text = _origin(getattr(config, "checkpoint", None))
     task = summary.get("task")
     tags = ["multimae", "masked-autoencoder", *model_config.inputs, *([task] if task else [])]
     front = ["---", "library_name: multimae", f"license: {licence}", "tags:", *[f"- {tag}" for tag in tags], "---"]
@@ -85,7 +84,7 @@ def write_model_card(run: Path, kind: str, config, model_config, summary: dict[s
         "", "## Results", "", *figures, "",
         "## Use", "", "```bash", load, "```", "", "```python", python, "```", "",
         "The full configuration is `config.yaml`; the training log is `metrics.jsonl`. Licence of these weights: "
-        + ("CC-BY-NC 4.0, inherited from the official weights they start from." if licence == OFFICIAL_LICENCE
+        + (f"{licence_text}, inherited from the weights they start from." if licence_text
            else "set by their author (the multimae code is Apache-2.0)."),
         "",
     ]

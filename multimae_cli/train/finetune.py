@@ -255,7 +255,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     bar, handle = progress_bar("finetune", total_steps, step, disabled=quiet or not info.is_main)
     first_loss = last_loss = None
     evaluation: dict[str, float] = {}
-    with bar, stops_saved(save, lambda: step, info, "finetune", run, device) as stop:
+    with bar, stops_saved(save, lambda: step, info, "finetune", run, device, config.log_every) as stop:
         sampler.start_at(step)
         for batch in loader if step < total_steps else ():
             inputs_batch, target = _on_device(batch, dataset, task, scale, zero, mixup, device)
@@ -286,7 +286,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 save()
             if step == total_steps:
                 break
-            stop.check()
+            stop.check(step)
     summary = {"run": str(run), "task": task.name, "steps": step, "first_loss": first_loss, "final_loss": last_loss,
                "metrics": evaluation, "main_metric": metric_kind.main, "best": best,
                "checkpoint": str(run / (ckpt.BEST if (run / ckpt.BEST).is_dir() else ckpt.LAST) / "model.safetensors")}

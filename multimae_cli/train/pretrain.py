@@ -170,7 +170,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     window_start, window_images = time.perf_counter(), 0
     first_loss = last_record = None
     micro = step * accum
-    with bar, stops_saved(save, lambda: step, info, "pretrain", run, device) as stop:
+    with bar, stops_saved(save, lambda: step, info, "pretrain", run, device, config.log_every) as stop:
         sampler.start_at(micro)
         for batch in loader if step < total_steps else ():
             batch = to_device(batch, modalities, device, non_blocking=True)
@@ -209,7 +209,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                 save()
             if step == total_steps:
                 break
-            stop.check()
+            stop.check(step)
     cross_modal = _held_out_quality(model, held_out, modalities, run, step, device) \
         if info.is_main and first_loss is not None and held_out is not None else None
     summary = {"run": str(run), "steps": step, "first_loss": first_loss, "cross_modal": cross_modal,

@@ -27,12 +27,13 @@ class StopSignals:
     """SIGINT (Ctrl-C, or `kill -INT`, also for a run in the background) and SIGTERM (what SLURM, Kubernetes and
     torchrun send before a kill) ask the loop to stop. It does so at the next step boundary, where weights,
     optimiser, RNGs and step agree, so the checkpoint it saves resumes bit for bit; under torchrun every rank
-    learns of it at the same step. A second signal stops at once, without saving."""
+    learns of it at the same step, a logging step (`every`): agreeing costs a collective and a host sync, which a
+    GPU step should not pay each time. A second signal stops at once, without saving."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, info: DistInfo, device: torch.device) -> None:
-        self.info, self.device = info, device
+    def __init__(self, info: DistInfo, device: torch.device, every: int) -> None:
+        self.info, self.device, self.every = info, device, every
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -50,10 +51,12 @@ class StopSignals:
             raise KeyboardInterrupt
         self.received = signal.Signals(number).name
 
-    def check(self) -> None:
-        """At a step boundary: stop here if any rank received a signal."""
+    def check(self, step: int) -> None:
+        """After `step`: stop here if this process (under torchrun: any rank, at logging steps) received a signal."""
         requested = self.received is not None
         if self.info.world > 1:
+            if step % self.every:
+                return
             flag = torch.tensor([float(requested)], device=self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             requested = bool(flag.item())
@@ -63,13 +66,13 @@ class StopSignals:
 
 @contextlib.contextmanager
 def stops_saved(save: Callable[[], None], current_step: Callable[[], int], info: DistInfo, command: str, run: Path,
-                device: torch.device):
+                device: torch.device, every: int):
     """A training loop stopped by a signal (`StopSignals`, yielded: the loop calls its `check()` after each
     step) or by a bad input met mid-run (a corrupt file) saves its progress and says how to resume. Under DDP a
     bad input is re-raised as it is: other ranks may be waiting in a collective, so no checkpoint barrier can be
     entered."""
     resume = f"`multimae {command} --resume {run}`"
-    signals = StopSignals(info, device)
+    signals = StopSignals(info, device, every)
     with signals:
         try:
             yield signals
