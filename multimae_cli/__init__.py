@@ -6,8 +6,8 @@ Importing this package does not import torch: the names marked lazy load it on f
 
 The applications are functions of their own modules: `multimae_cli.train.pretrain.pretrain`,
 `multimae_cli.train.finetune.finetune`, `multimae_cli.train.evaluate.evaluate_checkpoint`,
-`multimae_cli.infer.predict.predict`, `multimae_cli.infer.pseudolabel.pseudolabel`,
-`multimae_cli.formats.export.export_model`.
+`multimae_cli.infer.predict.predict`, `multimae_cli.infer.features.extract_features` (and `read_features`),
+`multimae_cli.infer.pseudolabel.pseudolabel`, `multimae_cli.formats.export.export_model`.
 """
 
 from __future__ import annotations

@@ -327,6 +327,10 @@ def load_config(cls: type[BaseModel], config_file: str | None = None, flags: dic
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must hold a mapping of keys")
         values = _deep_merge(values, loaded)
+        try:  # a mistake in the file is reported as the file's
+            build_config(cls, values)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     values = _deep_merge(values, flags or {})
     for assignment in assignments or []:
         values = _deep_merge(values, parse_assignment(assignment))

@@ -27,6 +27,14 @@ class ConfigError(MultiMAEError, ValueError):
     """A configuration key is unknown or its value invalid."""
 
 
+class OutputError(MultiMAEError):
+    """The system refused to write `path`: full disk, quota, permissions, read-only file system."""
+
+    def __init__(self, path, reason: str) -> None:
+        super().__init__(f"{path}: cannot write ({reason})")
+        self.path, self.reason = path, reason
+
+
 class PluginError(MultiMAEError, RuntimeError):
     """A plugin could not be loaded or breaks the plugin contract."""
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,37 +81,105 @@ def publish(tmp: str | Path, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO}
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1 << 20
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn the system's refusal to write `path` (full disk, quota, permissions, read-only) into one line,
+    `OutputError`. Writers in C++ (torch, safetensors, ONNX) report a full disk as a RuntimeError of their own:
+    a failure with less than 1 MiB left is reported as the full disk it is."""
+    path = Path(path)
+    try:
+        yield
+    except OutputError as exc:  # named by the outermost write: the file asked for, not a temporary one inside it
+        raise OutputError(path, exc.reason) from None
+    except OSError as exc:
+        if exc.errno not in REFUSALS:
+            raise
+        raise OutputError(path, os.strerror(exc.errno).lower()) from None
+    except Exception:
+        if not _disk_full(path.parent if path.parent.is_dir() else Path.cwd()):
+            raise
+        raise OutputError(path, "no space left on device") from None
+
+
+class RawOutput(io.RawIOBase):
+    """A file opened for writing whose failures surface as Python's OSError, errno included, for writers that
+    take a file object (`torch.save` given a path reports a failed write only as an untyped RuntimeError)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        while view:
+            view = view[os.write(self.fd, view):]
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self.fd)
+        super().close()
+
+
+def write_checked(path: str | Path, write: Callable[[Path], None], check: Callable[[Path], None] | None = None) -> None:
+    """The one writer of files: `write(tmp)`, `check(tmp)`, then rename to `path`. A reader finds the old file or
+    a checked new one, a failure anywhere removes the temporary file, and the system's refusals (full disk,
+    permissions) are one line naming `path`."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    with writing(path):
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            write(tmp)
+            if check is not None:
+                check(tmp)
+            publish(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """`data` into `path`, every byte through `os.write` (one place where a write can fail)."""
+    with RawOutput(path) as handle:
+        handle.write(data)
+
+
+def save_torch(obj, path: str | Path) -> None:
+    """`torch.save` through `RawOutput` (only tensors and plain containers are ever saved)."""
+    import torch
+
+    with RawOutput(path) as handle:
+        torch.save(obj, handle)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write through a temporary file in the same folder and rename, so no reader sees half a file."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_checked(path, lambda tmp: write_bytes(tmp, data))
 
 
-def write_checked(path: str | Path, write: Callable[[Path], None], check: Callable[[Path], None]) -> None:
-    """`write(tmp)`, `check(tmp)`, then rename to `path`: a reader finds the old file or a checked new one,
-    and a failure anywhere removes the temporary file."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        check(tmp)
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line (a log record) to `path`; a refused write is one line naming the file."""
+    with writing(path), open(path, "a") as handle:
+        handle.write(line + "\n")
 
 
 def _png_params(sixteen_bit: bool) -> list[int]:
@@ -146,8 +217,6 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
 
 def write_array(path: str | Path, array: np.ndarray) -> None:
     """Save a `.npy` array atomically."""
-    import io
-
     import numpy as np
 
     buffer = io.BytesIO()

@@ -231,7 +231,7 @@ def test_bad_files_are_named_or_skipped(broken_dir, modalities, case):
     elif case == "label_range":
         target = train / "semseg/scenes/000001.png"
         cv2.imwrite(str(target), np.full((32, 32), 200, np.uint8))
-        message = r"000001\.png: label values \[200, 200\] outside the 133 classes"
+        message = r"000001\.png: label values \[200, 200\] outside the 6 classes dataset.json declares"
     else:
         (train / "depth/scenes/000001.png").unlink()
         target = train / "depth/scenes/000001.npy"

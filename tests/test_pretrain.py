@@ -3,6 +3,7 @@ crash-safe checkpoints, a falling loss."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -332,15 +333,16 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     real_save = torch.save
     saves = {"n": 0}
 
-    def failing_save(obj, path, *args, **kwargs):
+    def failing_save(obj, handle, *args, **kwargs):
         saves["n"] += 1
         if saves["n"] == 2:
-            Path(path).write_bytes(b"half a file")
-            raise OSError("disk full")
-        return real_save(obj, path, *args, **kwargs)
+            handle.write(b"half a file")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, handle, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt.torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(TrainingStopped, match=r"crash/last: cannot write \(no space left on device\); the last "
+                       "complete checkpoint is kept"):
         pretrain(tiny(tmp_path, name="crash", steps=12), quiet=True)
     run = tmp_path / "runs" / "crash"
     folder = ckpt.find_checkpoint(run)
@@ -496,6 +498,28 @@ def test_resume_in_a_later_epoch_with_loader_workers_is_exact(tmp_path, monkeypa
     pretrain(tiny(tmp_path, name="resumed", **settings), resume=tmp_path / "runs" / "resumed", quiet=True)
     whole, resumed = weights(tmp_path / "runs" / "whole"), weights(tmp_path / "runs" / "resumed")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stop_at_any_step_resumes_bit_identical(tmp_path, monkeypatch, workers):
+    """Ctrl-C after each step of a short run in turn (loader workers or none), then `--resume`: weights, every
+    logged loss and the summary's `first_loss` (the run's, not the resumed segment's) equal the run never
+    stopped. (A stop raised mid-step once left 170 of 175 tensors off by up to 3.4e-4.)"""
+    settings = {"steps": 5, "log_every": 1, "checkpoint_every": 100,
+                "data": {"synthetic_scenes": 8, "workers": workers}}
+    whole = pretrain(tiny(tmp_path, name="whole", **settings), quiet=True)
+    reference, losses = weights(tmp_path / "runs" / "whole"), [r["loss"] for r in metrics(tmp_path / "runs" / "whole")]
+    for stop in range(1, 5):
+        name = f"stop{stop}"
+        undo = interrupt_after_step(monkeypatch, stop)
+        with pytest.raises(TrainingStopped, match=f"interrupted at step {stop};"):
+            pretrain(tiny(tmp_path, name=name, **settings), quiet=True)
+        undo()
+        summary = pretrain(tiny(tmp_path, name=name, **settings), resume=tmp_path / "runs" / name, quiet=True)
+        resumed = weights(tmp_path / "runs" / name)
+        assert [k for k in reference if not torch.equal(reference[k], resumed[k])] == [], f"stopped at {stop}"
+        assert [r["loss"] for r in metrics(tmp_path / "runs" / name)] == losses, f"stopped at {stop}"
+        assert summary["first_loss"] == whole["first_loss"] and summary["final_loss"] == whole["final_loss"]
 
 
 def test_resume_refuses_edited_settings_and_survives_a_kill_mid_write(tmp_path):

@@ -223,14 +223,21 @@ def test_an_interrupted_run_finishes_only_the_rest(tmp_path, rgb_dir):
     assert pseudolabel(rgb_dir, out, ["edges"], overwrite=True)["files_written"] == 12
 
 
-def test_unreadable_images_are_skipped_and_counted(tmp_path, rgb_dir):
+def test_unreadable_images_stop_the_run_unless_skipped(tmp_path, rgb_dir):
+    """As in `predict`: the first unreadable image is a one-line error naming it (what came before is kept, and
+    a rerun goes on from there); with `skip_bad` unreadable images are skipped and counted."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("000.png", "001.png"):
         (photos / name).write_bytes((rgb_dir / "kitchen" / name).read_bytes())
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (photos / "cut.jpg").write_bytes((rgb_dir / "hall" / "005.jpg").read_bytes()[:500])
-    summary = pseudolabel(photos, tmp_path / "dataset", ["edges"])
+    with pytest.raises(InputError, match=r"broken.png: not a readable image .*--skip-bad"):
+        pseudolabel(photos, tmp_path / "dataset", ["edges"], batch_size=2)
+    assert sorted(p.name for p in (tmp_path / "dataset" / "train" / "edges").iterdir()) == ["000.png", "001.png"]
+    summary = pseudolabel(photos, tmp_path / "dataset", ["edges"], skip_bad=True)
+    assert summary["already_done"] == 2
+    summary = pseudolabel(photos, tmp_path / "dataset2", ["edges"], skip_bad=True)
     assert (summary["labelled"], summary["skipped"]) == (2, 2)
     assert any("broken.png" in line and "not a readable image" in line for line in summary["skipped_files"])
     assert any("cut.jpg" in line and "truncated" in line for line in summary["skipped_files"])

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from ..errors import MultiMAEError, one_line
-from . import data, export, finetune, info, models, plugins, predict, pretrain, pseudolabel
+from . import data, export, features, finetune, info, models, plugins, predict, pretrain, pseudolabel
 
 try:  # newer typer runs on its own copy of click, whose errors derive from this
     from typer.exceptions import TyperException as CommandLineError
@@ -35,6 +35,7 @@ def build_app() -> typer.Typer:
     pretrain.register(app)
     finetune.register(app)
     predict.register(app)
+    features.register(app)
     pseudolabel.register(app)
     export.register(app)
     plugins.register(app)
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except MultiMAEError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # the system refused a named file (permissions, full disk): the environment, not a bug
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {(exc.strerror or str(exc)).lower()}", file=sys.stderr)
         sys.exit(2)
     if isinstance(code, int) and code:  # typer.Exit(n) returns n when click is not in standalone mode
         sys.exit(code)

@@ -52,16 +52,17 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet"),
     ) -> None:
         """Render procedural 3-D scenes (rgb, depth, normals, semseg) into the folder layout."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
         from ..data.synthetic.io import MODALITIES, write_preview, write_synthetic
+        from .output import progress
 
         hw = parse_size(size)
         modalities = parse_modalities(",".join(MODALITIES))
         if preview is not None and not (preview.parent.is_dir() or preview.parent.resolve() == out.resolve()):
             raise ConfigError(f"--preview: folder {preview.parent} does not exist")  # --out is made on the way
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), disable=quiet) as bar:
+        with progress(quiet, "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn()) as bar:
             task = bar.add_task(f"rendering {split}", total=n)
             write_synthetic(out, n, hw, modalities, split=split, seed=seed, workers=workers, overwrite=overwrite,
                             progress=lambda k: bar.advance(task, k), rgb_format=rgb_format)

@@ -1,12 +1,22 @@
-"""What the training commands print when they finish."""
+"""What the commands print: progress on stderr, and the line a finished training run ends with."""
 
 from __future__ import annotations
+
+
+def progress(quiet: bool, *columns):
+    """A rich progress bar on stderr, shown on a terminal only (a log file or pipe gets no bar and no blank
+    line), cleared when done."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    return Progress(*columns, console=console, disable=quiet or not console.is_terminal, transient=True)
 
 
 def summary_line(summary: dict) -> str:
     """What a finished (or already finished) training run reports: steps, loss first -> last, checkpoint."""
     first, final = summary["first_loss"], summary["final_loss"]
-    if first is None:
+    if final is None:  # no step run (the run was complete); `first_loss` is the run's, kept across resumes
         return f"nothing to do: the run is already at step {summary['steps']}; checkpoint {summary['checkpoint']}"
     loss = f"{final:.4f}" if first == final else f"{first:.4f} -> {final:.4f}"
     return f"done: {summary['steps']} steps, loss {loss}; checkpoint {summary['checkpoint']}"

@@ -8,17 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ConfigError
-
-
-def parse_inputs(values: list[str] | None) -> dict[str, Path]:
-    """`name=path` pairs of `--input`."""
-    inputs: dict[str, Path] = {}
-    for value in values or []:
-        name, sep, path = value.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ConfigError(f"--input {value}: expected MODALITY=PATH, e.g. depth=depth.png")
-        inputs[name.strip()] = Path(path.strip())
-    return inputs
+from ..infer.inputs import parse_inputs
 
 
 def register(app: typer.Typer) -> None:
@@ -48,11 +38,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--device {device}: expected auto, cpu or cuda")
         tasks = [name.strip() for value in task or [] for name in value.split(",") if name.strip()]
         inputs = parse_inputs(extra)
-        from rich.progress import Progress
-
         from ..infer.predict import predict
+        from .output import progress
 
-        with Progress(disable=quiet or as_json, transient=True) as bar:
+        with progress(quiet or as_json) as bar:
             handle = bar.add_task("predicting", total=None)
 
             def advance(done: int, total: int) -> None:

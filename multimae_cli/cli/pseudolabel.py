@@ -66,30 +66,29 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         rgb_mode: str = typer.Option("copy", "--rgb", help="How images enter the dataset: copy | link | symlink."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Remake and replace existing outputs."),
+        skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and list) unreadable images."),
         quiet: bool = typer.Option(False, "--quiet"),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     ) -> None:
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device {device}: expected auto, cpu or cuda")
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
         from ..infer.pseudolabel import parse_teacher_options, pseudolabel
+        from .output import progress
 
         names = [name.strip() for name in modalities.split(",") if name.strip()]
         specs = parse_teacher_options(teacher or [])
         columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-        console = Console(stderr=True)
-        with Progress(*columns, console=console, disable=quiet or as_json or not console.is_terminal,
-                      transient=True) as bar:
+        with progress(quiet or as_json, *columns) as bar:
             handle = bar.add_task("pseudo-labelling", total=None, rate="")
 
             def advance(done: int, total: int, rate: float) -> None:
                 bar.update(handle, completed=done, total=total, rate=f"{rate:.1f} img/s")
 
             summary = pseudolabel(rgb_dir, out, names, specs, split, batch_size, workers, device, rgb_mode,
-                                  overwrite, advance)
+                                  overwrite, advance, skip_bad)
         if as_json:
             typer.echo(json.dumps(summary))
         elif not quiet:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..plugin.modality import Modality
-from .folder import read_checked, scan_split
+from .folder import frame_problems, read_checked, scan_split
 
 
 def find_splits(root: Path, modalities: Mapping[str, Modality]) -> list[str]:
@@ -38,20 +38,16 @@ def check_dataset(root: str | Path, modalities: Mapping[str, Modality], splits: 
         for name, paths in index.extra.items():
             problems += [f"{path}: not a {name} file (extensions: {', '.join(modalities[name].extensions)})"
                          for path in paths]
-        problems += [f"duplicate sample {d}" for d in index.duplicates]
+        problems += [f"duplicate sample {d}" for d in index.duplicates] + index.broken
         for key in index.keys:
             shapes = {}
             for name, modality in modalities.items():
                 path = index.files[name][key]
                 try:
-                    shapes[name] = (path, read_checked(path, modality).shape[:2])
+                    shapes[name] = (path, read_checked(path, modality, index.classes).shape[:2])
                 except InputError as exc:
                     problems.append(str(exc))
-            if shapes:
-                ref_name, (_, (ref_h, ref_w)) = next(iter(shapes.items()))
-                for path, (h, w) in shapes.values():
-                    if abs(h * ref_w - w * ref_h) > max(h, w):
-                        problems.append(f"{path}: size {h}x{w} does not match {ref_name} ({ref_h}x{ref_w})")
+            problems += frame_problems(shapes)
         report["splits"][split] = {
             "samples": len(index.keys),
             "files": {name: len(found) for name, found in index.files.items()},

@@ -7,6 +7,7 @@ the file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,46 @@ class FolderIndex:
     missing: dict[str, list[str]] = field(default_factory=dict)  # modality -> keys other modalities have
     extra: dict[str, list[Path]] = field(default_factory=dict)  # modality -> files it cannot read
     duplicates: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)  # symbolic links that lead nowhere or in a circle
+    classes: int | None = None  # the label classes `dataset.json` declares
+
+
+def declared_classes(root: Path) -> int | None:
+    """The number of label classes `root/dataset.json` lists under `classes`, if it does."""
+    import json
+
+    path = root / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        classes = json.loads(path.read_text()).get("classes")
+    except (ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: not a JSON object ({exc})") from None
+    if classes is not None and not isinstance(classes, list):
+        raise InputError(f"{path}: 'classes' must be a list of class names")
+    return len(classes) if classes else None
+
+
+def walk_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """Every file under `folder`, following symbolic links to folders (a dataset assembled from links is
+    common), and the links that are broken or lead back into a folder already walked (each named once)."""
+    files: list[Path] = []
+    broken: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        stat = os.stat(top)
+        if (stat.st_dev, stat.st_ino) in seen:
+            broken.append(f"{top}: symbolic link loop (leads back into a folder already read)")
+            dirs.clear()
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        for name in names:
+            path = Path(top, name)
+            if path.is_file():
+                files.append(path)
+            elif path.is_symlink():
+                broken.append(f"{path}: broken symbolic link (its target is missing or loops)")
+    return sorted(files), broken
 
 
 def scan_split(root: str | Path, modalities: Mapping[str, Modality]) -> FolderIndex:
@@ -44,14 +85,17 @@ def scan_split(root: str | Path, modalities: Mapping[str, Modality]) -> FolderIn
     files: dict[str, dict[str, Path]] = {}
     extra: dict[str, list[Path]] = {}
     duplicates: list[str] = []
+    broken: list[str] = []
     for name, modality in modalities.items():
         folder = root / name
         if not folder.is_dir():
             raise InputError(f"{folder}: missing folder for modality {name!r}")
         found: dict[str, Path] = {}
         extra[name] = []
-        for path in sorted(folder.rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
+        paths, bad_links = walk_files(folder)
+        broken += bad_links
+        for path in paths:
+            if path.name.startswith("."):
                 continue
             if path.suffix.lower() not in modality.extensions:
                 extra[name].append(path)
@@ -65,11 +109,12 @@ def scan_split(root: str | Path, modalities: Mapping[str, Modality]) -> FolderIn
     keys = sorted(set.intersection(*(set(f) for f in files.values())))
     missing = {name: sorted(all_keys - set(found)) for name, found in files.items()}
     return FolderIndex(root, keys, files, {k: v for k, v in missing.items() if v},
-                       {k: v for k, v in extra.items() if v}, duplicates)
+                       {k: v for k, v in extra.items() if v}, duplicates, broken, declared_classes(root.parent))
 
 
-def read_checked(path: Path, modality: Modality) -> np.ndarray:
-    """The plugin's `read`, plus the checks every modality gets: finite floats, labels within the classes."""
+def read_checked(path: Path, modality: Modality, classes: int | None = None) -> np.ndarray:
+    """The plugin's `read`, plus the checks every modality gets: finite floats, labels within the classes (the
+    dataset's declared `classes` where it lists fewer than the modality has)."""
     if modality.read is None:
         raise InputError(f"{path}: modality {modality.name!r} has no file reader")
     try:
@@ -80,10 +125,21 @@ def read_checked(path: Path, modality: Modality) -> np.ndarray:
         raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InputError(f"{path}: contains NaN or inf values")
-    if modality.kind == "labels" and array.size and (array.min() < 0 or array.max() >= modality.channels):
-        raise InputError(f"{path}: label values [{array.min()}, {array.max()}] outside the "
-                         f"{modality.channels} classes of {modality.name!r}")
+    limit = min(modality.channels, classes or modality.channels)
+    if modality.kind == "labels" and array.size and (array.min() < 0 or array.max() >= limit):
+        where = "dataset.json declares" if limit < modality.channels else f"of {modality.name!r}"
+        raise InputError(f"{path}: label values [{array.min()}, {array.max()}] outside the {limit} classes {where}")
     return array
+
+
+def frame_problems(shapes: Mapping[str, tuple[Path, tuple[int, int]]]) -> list[str]:
+    """Files of one sample (`modality -> (path, (height, width))`) that do not show the first modality's picture
+    at some resolution: their aspect differs by more than a pixel."""
+    if not shapes:
+        return []
+    first, (_, (ref_h, ref_w)) = next(iter(shapes.items()))
+    return [f"{path}: size {h}x{w} does not match {first} ({ref_h}x{ref_w})"
+            for path, (h, w) in shapes.values() if abs(h * ref_w - w * ref_h) > max(h, w)]
 
 
 def epoch_and_index(item: int | tuple[int, int]) -> tuple[int, int]:
@@ -113,6 +169,9 @@ class FolderDataset:
             total = len(set().union(*self.index.missing.values()))
             raise InputError(f"{self.index.root / name}: no file for {keys[0]!r} ({total} sample(s) lack a "
                              "modality; run `multimae data check` or pass --skip-bad)")
+        if self.index.broken and not skip_bad:
+            raise InputError(f"{self.index.broken[0]} ({len(self.index.broken)} such link(s); run `multimae data "
+                             "check` or pass --skip-bad)")
         if not self.index.keys:
             raise InputError(f"{self.index.root}: no samples found for modalities {', '.join(self.modalities)}")
 
@@ -121,7 +180,12 @@ class FolderDataset:
 
     def read(self, index: int) -> dict[str, np.ndarray]:
         key = self.index.keys[index]
-        return {name: read_checked(self.index.files[name][key], m) for name, m in self.modalities.items()}
+        files, classes = {name: found[key] for name, found in self.index.files.items()}, self.index.classes
+        sample = {name: read_checked(files[name], m, classes) for name, m in self.modalities.items()}
+        problems = frame_problems({name: (files[name], array.shape[:2]) for name, array in sample.items()})
+        if problems:
+            raise InputError(problems[0])
+        return sample
 
     def __getitem__(self, item: int | tuple[int, int]):
         epoch, index = epoch_and_index(item)

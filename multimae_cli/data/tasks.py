@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..plugin.task import Task
 from .datasets import SyntheticDataset
 from .folder import FolderDataset, epoch_and_index
+from .folder import declared_classes as listed_classes
 from .transforms import MultiModalTransform, to_tensor
 
 TARGET = "target"
@@ -133,13 +134,7 @@ def declared_classes(config: FinetuneConfig) -> int | None:
         from .synthetic.scenes import CLASSES
 
         return len(CLASSES)
-    import json
-
-    info = Path(config.data.path) / "dataset.json"
-    if info.is_file():
-        classes = json.loads(info.read_text()).get("classes")
-        return len(classes) if classes else None
-    return None
+    return listed_classes(Path(config.data.path))
 
 
 def prepare_target(task: Task, target, scale: float, reduce_zero_label: bool):

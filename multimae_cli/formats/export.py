@@ -15,7 +15,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, InputError
-from ..io import write_checked
+from ..io import save_torch, write_bytes, write_checked
 from .load import (
     PLUGINS_KEY,
     load_model,
@@ -113,7 +113,7 @@ def export_model(checkpoint: str | Path, format: str, out: str | Path, *, inputs
             if found_config.model_dump(exclude=untold) != config.model_dump(exclude=untold):
                 raise CheckpointError(f"{out}: the architecture read back differs from the model's")
 
-        write_checked(out, lambda tmp: torch.save({"model": state, "args": args}, tmp), check_official)
+        write_checked(out, lambda tmp: save_torch({"model": state, "args": args}, tmp), check_official)
     else:
         summary.update(_export_timm(model, state, out))
     return summary
@@ -155,15 +155,15 @@ def _export_timm(model, state: dict[str, torch.Tensor], out: Path) -> dict[str, 
         if out.suffix == ".safetensors":
             import json
 
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
             from .load import TIMM_ARGS_KEY
 
             record = {"timm_model": name, **kwargs, "num_heads": config.num_heads}  # `import timm` reads it back
             metadata = {"format": "pt", TIMM_ARGS_KEY: json.dumps(record)}
-            save_file({k: v.contiguous() for k, v in timm_state.items()}, str(tmp), metadata=metadata)
+            write_bytes(tmp, save({k: v.contiguous() for k, v in timm_state.items()}, metadata=metadata))
         else:
-            torch.save(timm_state, tmp)
+            save_torch(timm_state, tmp)
 
     def check(tmp: Path) -> None:
         vit = (timm.create_model(name, checkpoint_path=str(tmp), **kwargs) if name

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import ModelConfig
-from ..errors import CheckpointError, InputError
-from ..io import publish
+from ..errors import CheckpointError
+from ..io import write_bytes, write_checked
 
 if TYPE_CHECKING:
     import torch
@@ -24,25 +23,17 @@ CONFIG_KEY = "multimae.config"
 
 def write_native(state_dict: dict[str, torch.Tensor], config: ModelConfig, path: str | Path,
                  extra: dict[str, str] | None = None) -> None:
-    """Write tensors + config atomically (temporary file in the same folder, then rename)."""
-    from safetensors.torch import save_file
+    """Write tensors + config atomically (temporary file in the same folder, then rename). The file is
+    serialised in memory and written by `write_bytes`, so a full disk is an OSError (safetensors' own writer
+    reports it as an untyped error)."""
+    from safetensors.torch import save
 
     from .._version import __version__
 
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
     tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
     metadata = {"format": FORMAT, "multimae.version": __version__, CONFIG_KEY: config.model_dump_json(),
                 **(extra or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_checked(path, lambda tmp: write_bytes(tmp, save(tensors, metadata=metadata)))
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

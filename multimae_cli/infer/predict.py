@@ -17,46 +17,10 @@ from typing import Any
 from ..errors import ConfigError, InputError, MultiMAEError
 from ..io import atomic_write_bytes, write_image
 from ..plugin.modality import Modality
+from .inputs import list_images, read_sample
 from .predictor import CLASSIFICATION, Predictor, find_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def list_images(paths: Sequence[str | Path], extensions: Sequence[str]) -> list[tuple[str, Path]]:
-    """(key, file) for every given file and every matching file under given folders (key: relative path
-    without extension, so outputs mirror the input tree)."""
-    found: list[tuple[str, Path]] = []
-    for entry in map(Path, paths):
-        if entry.is_dir():
-            files = sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in extensions
-                           and not p.name.startswith("."))
-            if not files:
-                raise InputError(f"{entry}: no image files ({', '.join(extensions)}) in this folder")
-            found += [(p.relative_to(entry).with_suffix("").as_posix(), p) for p in files]
-        elif entry.is_file():
-            found.append((entry.stem, entry))
-        else:
-            raise InputError(f"{entry}: no such file or folder")
-    keys = [key for key, _ in found]
-    if len(set(keys)) != len(keys):
-        duplicate = next(key for key in keys if keys.count(key) > 1)
-        raise InputError(f"{duplicate}: two inputs would write the same outputs; predict them separately")
-    return found
-
-
-def _extra_input(name: str, source: Path, key: str, single: bool, modality: Modality) -> Path:
-    if source.is_file():
-        if not single:
-            raise InputError(f"--input {name}={source}: a single file pairs with a single image; give a folder")
-        return source
-    if source.is_dir():
-        for extension in modality.extensions:
-            candidate = source / f"{key}{extension}"
-            if candidate.is_file():
-                return candidate
-        raise InputError(f"--input {name}={source}: no {name} file for {key!r} ({key}.{{"
-                         f"{','.join(e.lstrip('.') for e in modality.extensions)}}})")
-    raise InputError(f"--input {name}={source}: no such file or folder")
 
 
 def predict(
@@ -100,8 +64,6 @@ def predict(
     pictured = [name for name in maps if colorize and _needs_picture(predictor.modalities[name])]
     targets = {key: _targets(out, key, maps, single_file, pictured) for key, _ in listed}
     _check_targets(out, targets, viz, overwrite, manifest=None if single_file else out / "predict.json")
-    if not single_file:
-        out.mkdir(exist_ok=True)
 
     started = time.perf_counter()
     writer = _Writer(predictor, targets)
@@ -117,7 +79,7 @@ def predict(
 
     for key, path in listed:
         try:
-            sample = _read(predictor, primary, extra, key, path, single=len(listed) == 1)
+            sample = read_sample(predictor.modalities, primary, extra, key, path, single=len(listed) == 1)
         except MultiMAEError as exc:
             if not skip_bad:
                 raise
@@ -131,6 +93,7 @@ def predict(
         pending.append((key, sample))
     flush()
     if viz is not None and writer.grid_rows:
+        Path(viz).parent.mkdir(parents=True, exist_ok=True)
         _write_viz(Path(viz), writer.grid_rows, predictor.modalities)
     summary = {
         "checkpoint": str(weights), "tasks": tasks, "images": len(listed) - len(skipped),
@@ -142,6 +105,7 @@ def predict(
         legend = {name: _legend(predictor.modalities[name]) for name in maps
                   if predictor.modalities[name].kind == "labels"}
         manifest = {**summary, "inputs": [primary, *extra], "legend": legend, "mask_ratio": mask_ratio, "seed": seed}
+        out.mkdir(exist_ok=True)
         atomic_write_bytes(out / "predict.json", json.dumps(manifest, indent=2).encode())
     return summary
 
@@ -178,17 +142,6 @@ def _file_task(out: Path, tasks: list[str], images: int, explicit: bool) -> list
                       f"{tasks[0]} (or name the file after one: {tasks[0]}{out.suffix}), or give a folder")
 
 
-def _read(predictor: Predictor, primary: str, extra: Mapping[str, Path], key: str, path: Path,
-          single: bool) -> dict[str, Any]:
-    """One sample: the image and its extra inputs, read by their plugins and checked to belong together."""
-    sample = {primary: predictor.modalities[primary].read(path)}
-    for name, source in extra.items():
-        modality = predictor.modalities[name]
-        sample[name] = modality.read(_extra_input(name, source, key, single, modality))
-    _check_sample(sample, path)
-    return sample
-
-
 class _Writer:
     """Writes each prediction where `targets` says (and its colour picture), keeping what was written, the
     classification results and the rows of the `--viz` grid."""
@@ -207,9 +160,11 @@ class _Writer:
                     self.classified[result.key] = _top_classes(value, self.predictor.task_info.get("classes"))
                     continue
                 data_path, color_path = self.targets[result.key][name]
+                data_path.parent.mkdir(parents=True, exist_ok=True)  # made as needed: a failed run leaves no folders
                 modalities[name].write(data_path, self.predictor.file_array(name, value))
                 self.written.append(str(data_path))
                 if color_path is not None:
+                    color_path.parent.mkdir(parents=True, exist_ok=True)
                     write_image(color_path, modalities[name].colorize(value))
                     self.written.append(str(color_path))
             if result.pictures:
@@ -238,7 +193,8 @@ def _targets(out: Path, key: str, tasks: Sequence[str], single_file: bool, pictu
 
 
 def _check_targets(out: Path, targets: dict, viz, overwrite: bool, manifest: Path | None) -> None:
-    """Refuse before any work: a missing parent folder, or (without `overwrite`) a file that exists."""
+    """Refuse before any work (and before making any folder): a missing parent folder, or (without `overwrite`)
+    a file that exists."""
     parent = out.parent
     if not parent.is_dir():
         raise InputError(f"--out {out}: folder {parent} does not exist")
@@ -250,20 +206,6 @@ def _check_targets(out: Path, targets: dict, viz, overwrite: bool, manifest: Pat
         existing = next((p for p in paths if p.exists()), None)
         if existing is not None:
             raise InputError(f"{existing}: already exists (pass --overwrite to replace it)")
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _check_sample(sample: Mapping[str, Any], path: Path) -> None:
-    import numpy as np
-
-    height, width = next(iter(sample.values())).shape[:2]
-    for name, array in sample.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InputError(f"{path}: {name} holds NaN or infinite values")
-        h, w = array.shape[:2]
-        if abs(h * width - w * height) > max(h, w):
-            raise InputError(f"{path}: {name} is {h}x{w}, which does not have the image's aspect ({height}x{width})")
 
 
 def _legend(modality: Modality) -> list[dict[str, Any]]:

@@ -229,14 +229,17 @@ def pseudolabel(
     rgb_mode: str = "copy",
     overwrite: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Make `modalities` for every image below `rgb_dir` and write them, with the images, to `out/<split>/`.
 
     `teachers` maps a modality to a teacher spec `NAME[:ARG][,KEY=VALUE...]` (e.g. `{"depth": "hf:models/dpt",
     "semseg": "multimae:run/best"}`); others get their default teacher. `workers` threads read and write files
-    while teachers run; `progress(done, total, images_per_second)` is called after every batch. Unreadable
-    images are skipped and reported (`skipped`, `skipped_files`). Returns the run's summary; the manifest
-    `out/pseudolabel.json` records teachers, their settings and versions.
+    while teachers run; `progress(done, total, images_per_second)` is called after every batch. An unreadable
+    image stops the run with an `InputError` naming it (the images before it are written, and a rerun goes on
+    from there), as in `predict`; with `skip_bad` it is skipped and reported (`skipped`, `skipped_files`).
+    Returns the run's summary; the manifest `out/pseudolabel.json` records teachers, their settings and
+    versions.
     """
     from ..plugin.registry import get_registry
 
@@ -277,7 +280,10 @@ def pseudolabel(
             jobs = [future.result() for future in ahead]
             if number + 1 < len(batches):  # read the next batch while the teachers work on this one
                 ahead = [pool.submit(labelling.prepare, key, source) for key, source in batches[number + 1]]
-            skipped += [job.error for job in jobs if job.error]
+            errors = [job.error for job in jobs if job.error]
+            if errors and not skip_bad:
+                raise InputError(f"{errors[0]} (pass --skip-bad to skip unreadable images)")
+            skipped += errors
             done_before += sum(1 for job in jobs if not job.error and not job.todo)
             work = [job for job in jobs if job.todo and not job.error]
             labelling.label(work)

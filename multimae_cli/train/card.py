@@ -51,7 +51,8 @@ def write_model_card(run: Path, kind: str, config, model_config, summary: dict[s
     tags = ["multimae", "masked-autoencoder", *model_config.inputs, *([task] if task else [])]
     front = ["---", "library_name: multimae", f"license: {licence}", "tags:", *[f"- {tag}" for tag in tags], "---"]
     figures = [f"- loss: {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"
-               if summary.get("first_loss") is not None else "- loss: no step was run"]
+               if summary.get("first_loss") is not None and summary.get("final_loss") is not None
+               else "- loss: no step was run"]
     for name, entry in ((summary.get("cross_modal") or {}).get("outputs") or {}).items():
         guesses = ", ".join(f"{label} {entry[key]:.4g}" for key, label in (("average_scene", "average scene"),
                                                                            ("constant", "constant"))

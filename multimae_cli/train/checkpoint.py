@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -21,8 +22,8 @@ import torch
 
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
-from ..formats.load import load_model, save_model
-from ..io import atomic_write_bytes
+from ..formats.load import save_model
+from ..io import append_line, atomic_write_bytes, save_torch, writing
 from .distributed import DistInfo
 
 LAST, PREVIOUS, BEST = "last", "last.prev", "best"
@@ -43,6 +44,12 @@ def create_run_dir(out_dir: str | Path, name: str) -> Path:
     return run
 
 
+def refuse_existing(config) -> None:
+    """Before any work: a `--name` already taken is refused (`create_run_dir` checks again when it makes it)."""
+    if config.name and (Path(config.out_dir) / config.name).exists():
+        create_run_dir(config.out_dir, config.name)
+
+
 def open_run(config, prefix: str, info) -> Path:
     """A new run folder `out_dir/<name>` (default `<prefix>-<time>`; every rank uses rank 0's name), with
     its `config.yaml` written by rank 0."""
@@ -60,7 +67,12 @@ def open_run(config, prefix: str, info) -> Path:
         import yaml
 
         run = create_run_dir(config.out_dir, name)
-        (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        try:
+            atomic_write_bytes(run / "config.yaml", text.encode())
+        except BaseException:
+            shutil.rmtree(run, ignore_errors=True)  # an empty folder would block the name
+            raise
     return run
 
 
@@ -71,6 +83,8 @@ def saved_config(cls, run: str | Path):
     from ..config import build_config
 
     path = Path(run) / "config.yaml"
+    if not Path(run).is_dir():
+        raise ConfigError(f"{run}: no such run folder")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file (is {run} a run folder?)")
     return build_config(cls, yaml.safe_load(path.read_text()))
@@ -85,11 +99,16 @@ def remove_stale_saves(run: Path) -> None:
 def save_checkpoint(run: Path, model, state: dict[str, Any]) -> Path:
     """Write model + training state as `run/last/`, keeping the previous one until the new one is complete."""
     remove_stale_saves(run)
+    with writing(run / LAST):
+        return _swap_in(run, model, state)
+
+
+def _swap_in(run: Path, model, state: dict[str, Any]) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=run, prefix=".last-"))
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's folders are private
         save_model(model, tmp / "model.safetensors")
-        torch.save(state, tmp / "state.pt")
+        save_torch(state, tmp / "state.pt")
         last, previous = run / LAST, run / PREVIOUS
         if previous.exists():
             shutil.rmtree(previous)
@@ -138,21 +157,46 @@ def save_snapshot(run: Path, name: str, model) -> Path:
     return folder
 
 
+def latest_checkpoint(run: Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, if it has one yet."""
+    for name in (LAST, PREVIOUS):
+        folder = run / name
+        if (folder / "model.safetensors").is_file() and (folder / "state.pt").is_file():
+            return folder
+    return None
+
+
 def find_checkpoint(run: str | Path) -> Path:
     """The newest complete checkpoint folder of a run."""
     run = Path(run)
     if not run.is_dir():
         raise CheckpointError(f"{run}: no such run folder")
-    for name in (LAST, PREVIOUS):
-        folder = run / name
-        if (folder / "model.safetensors").is_file() and (folder / "state.pt").is_file():
-            return folder
-    raise CheckpointError(f"{run}: holds no complete checkpoint ({LAST}/ with model.safetensors and state.pt)")
+    folder = latest_checkpoint(run)
+    if folder is None:
+        raise CheckpointError(f"{run}: holds no complete checkpoint ({LAST}/ with model.safetensors and state.pt)")
+    return folder
 
 
-def load_checkpoint(folder: Path):
-    """(model, state) of a pretraining checkpoint folder."""
-    return load_model(folder / "model.safetensors"), load_state(folder)
+def reopen(run: Path, config, info: DistInfo, load) -> tuple[Any, dict[str, Any]]:
+    """(model read by `load`, training state) to continue `run`, its settings checked unchanged. A run killed
+    before its first save has only its `config.yaml`: it starts again from step 0 with it, saying so, and
+    `(None, {})` is returned for the caller to build a fresh model."""
+    if not run.is_dir():
+        raise CheckpointError(f"{run}: no such run folder")
+    folder = latest_checkpoint(run)
+    if info.is_main:
+        remove_stale_saves(run)
+    if folder is None:
+        if info.is_main:
+            print(f"note: {run} holds no complete checkpoint yet (stopped before its first save): starting it "
+                  "again from step 0 with its config.yaml", file=sys.stderr)
+            truncate_metrics(run, 0)
+        return None, {}
+    model, state = load(folder / "model.safetensors"), load_state(folder)
+    check_unchanged(run, state.get("config"), config)
+    if info.is_main:
+        truncate_metrics(run, state["step"])
+    return model, {**state, "folder": folder}
 
 
 def load_state(folder: Path) -> dict[str, Any]:
@@ -167,8 +211,7 @@ def load_state(folder: Path) -> dict[str, Any]:
 
 
 def append_metrics(run: Path, record: dict[str, Any]) -> None:
-    with open(run / "metrics.jsonl", "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    append_line(run / "metrics.jsonl", json.dumps(record))
 
 
 def truncate_metrics(run: Path, last_step: int) -> None:

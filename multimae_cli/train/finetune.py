@@ -146,20 +146,17 @@ def finetune(config: FinetuneConfig, resume: str | Path | None = None, quiet: bo
 
 
 def _open(config: FinetuneConfig, task: Task, known: dict, resume, info: DistInfo):
-    """The model (encoder + head, `task_info` set), its run folder and (resuming) the saved training state."""
+    """The model (encoder + head, `task_info` set), its run folder (None for a new run: made once the data is
+    found good) and (resuming) the saved training state."""
     from ..formats.load import load_task_model
 
     torch.manual_seed(config.seed)
     if resume is not None:
-        run = Path(resume)
-        folder = ckpt.find_checkpoint(run)
-        model = load_task_model(folder / "model.safetensors")
-        state = ckpt.load_state(folder)
-        ckpt.check_unchanged(run, state.get("config"), config)
-        if info.is_main:
-            ckpt.truncate_metrics(run, state["step"])
-            ckpt.remove_stale_saves(run)
-        return model, run, state
+        model, state = ckpt.reopen(Path(resume), config, info, load_task_model)
+        if model is not None:
+            return model, Path(resume), state
+    else:
+        ckpt.refuse_existing(config)
     inputs = list(config.inputs or (checkpoint_config(config).inputs if config.checkpoint else ["rgb"]))
     modalities = {n: known[n] for n in [*inputs, *([task.target] if task.target else [])]}
     classes = class_names(build_source(config, modalities, config.data.split, train=True)) \
@@ -168,7 +165,7 @@ def _open(config: FinetuneConfig, task: Task, known: dict, resume, info: DistInf
         len(classes) if classes else declared_classes(config) or modalities[task.target].channels)
     record = {"classes": classes, "depth_scale": depth_scale(config), "reduce_zero_label": config.reduce_zero_label}
     model, _ = build_model(config.model_copy(update={"inputs": tuple(inputs)}), task, num_outputs, record)
-    return model, ckpt.open_run(config, f"finetune-{task.name}", info), {}
+    return model, Path(resume) if resume is not None else None, {}
 
 
 def _datasets(config: FinetuneConfig, task: Task, model, modalities: dict, info: DistInfo, quiet: bool):
@@ -214,6 +211,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     modalities = resolve_modalities(model.config, names=[*inputs, *([task.target] if task.target else [])])
     scale, zero = model.task_info["depth_scale"], model.task_info["reduce_zero_label"]
     dataset, val_set = _datasets(config, task, model, modalities, info, quiet)
+    run = run or ckpt.open_run(config, f"finetune-{task.name}", info)
     model.backbone.set_grad_checkpointing(config.activation_checkpointing)
     (model.freeze_backbone() if config.freeze_encoder else model).to(device).train()
     mixup, criterion = build_mixup(config, task, inputs, num_outputs) if config.mixup else \
@@ -233,7 +231,8 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     def save(folder: str = ckpt.LAST) -> None:
         losses.check(run)
         if info.is_main and folder == ckpt.LAST:
-            ckpt.save_checkpoint(run, model, opt.state(step, best=best, config=config.model_dump(mode="json")))
+            ckpt.save_checkpoint(run, model, opt.state(step, best=best, config=config.model_dump(mode="json"),
+                                                      first_loss=first_loss))
         elif info.is_main:
             ckpt.save_snapshot(run, folder, model)
         if info.world > 1:
@@ -253,7 +252,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         return evaluation
 
     bar, handle = progress_bar("finetune", total_steps, step, disabled=quiet or not info.is_main)
-    first_loss = last_loss = None
+    first_loss, last_loss = state.get("first_loss"), None
     evaluation: dict[str, float] = {}
     with bar, stops_saved(save, lambda: step, info, "finetune", run, device, config.log_every) as stop:
         sampler.start_at(step)

@@ -9,6 +9,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from ..config import OptimConfig
+from ..errors import CheckpointError
 
 
 def build_optimizer(model: torch.nn.Module, config: OptimConfig, lr: float, device: torch.device,
@@ -74,9 +75,29 @@ class Optimization:
     def restore(self, state: dict) -> int:
         if not state:
             return 0
+        self._check_fits(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         return int(state["step"])
+
+    def _check_fits(self, state: dict) -> None:
+        """The saved optimiser state belongs to these parameters: a `model.safetensors` and a `state.pt` of two
+        different runs would otherwise fail deep in the first step."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        saved = state["optimizer"].get("state", {})
+        culprit = f"{state.get('folder', 'the checkpoint')}/state.pt"
+        if len(state["optimizer"].get("param_groups", [])) != len(self.optimizer.param_groups):
+            raise CheckpointError(f"{culprit}: its optimiser has other parameter groups than this model's "
+                                  "(the checkpoint's two files come from different runs or settings)")
+        for index, entry in saved.items():
+            moment = entry.get("exp_avg") if isinstance(entry, dict) else None
+            if not isinstance(index, int) or index >= len(params):
+                raise CheckpointError(f"{culprit}: holds state for {len(saved)} parameters, the model has "
+                                      f"{len(params)}")
+            if moment is not None and moment.shape != params[index].shape:
+                raise CheckpointError(f"{culprit}: parameter {index} has shape {tuple(moment.shape)} in the saved "
+                                      f"optimiser but {tuple(params[index].shape)} in model.safetensors (the two "
+                                      "files come from different runs)")

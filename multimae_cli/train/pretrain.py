@@ -20,6 +20,7 @@ from ..config import PretrainConfig
 from ..data.datasets import SyntheticDataset, loader_workers
 from ..data.folder import FolderDataset
 from ..data.transforms import MultiModalTransform, to_device
+from ..formats.load import load_model
 from ..model.losses import PretrainStep
 from ..model.masking import random_masks
 from ..plugin.factory import create_model, create_objective, pretrain_model_config, resolve_modalities
@@ -113,20 +114,15 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bo
 
 
 def _open(config: PretrainConfig, resume, info: DistInfo):
-    """The model, its run folder and (resuming) the saved training state."""
+    """The model, its run folder (None for a new run: made once the data is found good) and (resuming) the
+    saved training state."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     if resume is None:
-        run = ckpt.open_run(config, "pretrain", info)
-        if info.is_main:
-            (run / "previews").mkdir()
-        return create_model(pretrain_model_config(config)), run, {}
+        ckpt.refuse_existing(config)
+        return create_model(pretrain_model_config(config)), None, {}
     run = Path(resume)
-    model, state = ckpt.load_checkpoint(ckpt.find_checkpoint(run))
-    ckpt.check_unchanged(run, state.get("config"), config)
-    if info.is_main:
-        ckpt.truncate_metrics(run, state["step"])
-        ckpt.remove_stale_saves(run)
-    return model, run, state
+    model, state = ckpt.reopen(run, config, info, load_model)
+    return model or create_model(pretrain_model_config(config)), run, state
 
 
 def _data_modalities(model_config) -> dict:
@@ -147,6 +143,10 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     modalities = _data_modalities(model_config)
     dataset = build_dataset(config, modalities, model_config.image_size)
     held_out = held_out_dataset(config, modalities, model_config.image_size) if info.is_main else None
+    if run is None:
+        run = ckpt.open_run(config, "pretrain", info)
+        if info.is_main:
+            (run / "previews").mkdir()
     accum = config.optim.accum_steps
     sampler, loader = epoch_loader(dataset, config, info, device, loader_workers(config.data.workers))
     total_steps = config.steps or max(1, math.ceil(config.epochs * sampler.batches_per_epoch / accum))
@@ -161,14 +161,15 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     def save() -> None:
         window.check(run)
         if info.is_main:
-            ckpt.save_checkpoint(run, model, opt.state(step, config=config.model_dump(mode="json")))
+            ckpt.save_checkpoint(run, model, opt.state(step, config=config.model_dump(mode="json"),
+                                                      first_loss=first_loss))
         if info.world > 1:
             dist.barrier()
         saves.saved()
 
     bar, task = progress_bar("pretrain", total_steps, step, disabled=quiet or not info.is_main)
     window_start, window_images = time.perf_counter(), 0
-    first_loss = last_record = None
+    first_loss, last_record = state.get("first_loss"), None
     micro = step * accum
     with bar, stops_saved(save, lambda: step, info, "pretrain", run, device, config.log_every) as stop:
         sampler.start_at(micro)
@@ -211,7 +212,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                 break
             stop.check(step)
     cross_modal = _held_out_quality(model, held_out, modalities, run, step, device) \
-        if info.is_main and first_loss is not None and held_out is not None else None
+        if info.is_main and last_record is not None and held_out is not None else None
     summary = {"run": str(run), "steps": step, "first_loss": first_loss, "cross_modal": cross_modal,
                "final_loss": last_record["loss"] if last_record else None,
                "img_per_s": last_record["img_per_s"] if last_record else None,

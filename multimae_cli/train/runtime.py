@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
-from ..errors import ConfigError, MultiMAEError, TrainingStopped, one_line
+from ..errors import ConfigError, MultiMAEError, OutputError, TrainingStopped, one_line
 from .distributed import DistInfo, EpochSampler, setup, teardown
 
 
@@ -90,6 +90,9 @@ def stops_saved(save: Callable[[], None], current_step: Callable[[], int], info:
             save()  # the signal also stopped the loader's workers while the loop waited for a batch
             raise TrainingStopped(f"stopped by {signals.received} at step {current_step()}; checkpoint saved, "
                                   f"continue with {resume}") from None
+        except OutputError as exc:  # a save failed: trying another would fail alike
+            raise TrainingStopped(f"{exc}; the last complete checkpoint is kept: make room, then continue with "
+                                  f"{resume}") from None
         except MultiMAEError as exc:
             step = current_step()
             if info.world > 1 or step == 0 or isinstance(exc, TrainingStopped):
