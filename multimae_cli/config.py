@@ -196,6 +196,9 @@ class RunConfig(BaseModel):
     compile_mode: Literal["default", "reduce-overhead"] = "default"
     activation_checkpointing: bool = False  # recompute encoder activations in backward: less memory, more compute
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch's intra-op threads in the training process; auto: OMP_NUM_THREADS if set, else the CPUs its affinity
+    # allows shared among the torchrun processes of the machine (torch's own default, every core, oversubscribes)
+    threads: Count | Literal["auto"] = "auto"
     seed: int = 0
     out_dir: str = "runs"
     name: str | None = None

@@ -275,7 +275,10 @@ def test_cli_synth_check_and_refuse_overwrite(tmp_path):
     assert len(list((out / "val/normals/scenes").glob("*.png"))) == 3
     grid = cv2.imread(str(out / "grid.png"))
     assert grid.shape[0] == 3 * 32 + 2 * 2 and grid.shape[1] == 4 * 48 + 3 * 2
-    check = run_cli("data", "check", str(out), "--modalities", "rgb,depth,normals,semseg", "--json")
+    piped = run_cli("data", "synth", "--out", str(out), "--n", "2", "--size", "32", "--json")  # no bar in a pipe
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+    assert json.loads(piped.stdout)["out"] == str(out / "train") and json.loads(piped.stdout)["scenes"] == 2
+    check = run_cli("data", "check", str(out), "--modalities", "rgb,depth,normals,semseg", "--split", "val", "--json")
     assert check.returncode == 0 and json.loads(check.stdout)["splits"]["val"]["samples"] == 3
     again = run_cli("data", "synth", "--out", str(out), "--n", "3", "--size", "32", "--split", "val", "--quiet")
     assert again.returncode == 2 and "already holds files" in again.stderr

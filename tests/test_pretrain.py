@@ -522,6 +522,32 @@ def test_a_stop_at_any_step_resumes_bit_identical(tmp_path, monkeypatch, workers
         assert summary["first_loss"] == whole["first_loss"] and summary["final_loss"] == whole["final_loss"]
 
 
+def test_threads_setting_is_honoured_for_the_run_only(tmp_path, monkeypatch):
+    """`threads: 1` is what torch runs the steps with; auto is OMP_NUM_THREADS where set, else the CPUs of this
+    process's affinity; the caller's setting is restored afterwards."""
+    from multimae_cli.data.datasets import cpus_per_process
+
+    seen = []
+    original = ckpt.append_metrics
+    monkeypatch.setattr(ckpt, "append_metrics", lambda run, record: (seen.append(torch.get_num_threads()),
+                                                                      original(run, record)))
+    before = torch.get_num_threads()
+    assert pretrain(tiny(tmp_path, name="one", steps=2, threads=1), quiet=True)["threads"] == 1
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    seen.clear()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    pretrain(tiny(tmp_path, name="auto", steps=2), quiet=True)
+    assert set(seen) == {cpus_per_process()} == {len(os.sched_getaffinity(0))}
+    seen.clear()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torch read at start-up stands
+    pretrain(tiny(tmp_path, name="omp", steps=2), quiet=True)
+    assert set(seen) == {before}
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert cpus_per_process() == 1
+    with pytest.raises(ConfigError, match="threads"):
+        load_pretrain_config(assignments=["threads=0"])
+
+
 def test_resume_refuses_edited_settings_and_survives_a_kill_mid_write(tmp_path):
     """`config.yaml` edited under a stopped run is refused with the keys that differ; a half-written last line of
     `metrics.jsonl` and a `.last-*` folder left by a killed save are cleaned up by the resume; a state file that

@@ -50,8 +50,11 @@ def register(app: typer.Typer) -> None:
                                        help="png (lossless) or jpg (quality 95, as ImageNet; decodes 2.5x faster)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the scenes of an existing split."),
         quiet: bool = typer.Option(False, "--quiet"),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     ) -> None:
         """Render procedural 3-D scenes (rgb, depth, normals, semseg) into the folder layout."""
+        import time
+
         from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
         from ..data.synthetic.io import MODALITIES, write_preview, write_synthetic
@@ -61,14 +64,20 @@ def register(app: typer.Typer) -> None:
         modalities = parse_modalities(",".join(MODALITIES))
         if preview is not None and not (preview.parent.is_dir() or preview.parent.resolve() == out.resolve()):
             raise ConfigError(f"--preview: folder {preview.parent} does not exist")  # --out is made on the way
-        with progress(quiet, "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        started = time.perf_counter()
+        with progress(quiet or as_json, "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn()) as bar:
             task = bar.add_task(f"rendering {split}", total=n)
             write_synthetic(out, n, hw, modalities, split=split, seed=seed, workers=workers, overwrite=overwrite,
                             progress=lambda k: bar.advance(task, k), rgb_format=rgb_format)
         if preview is not None:
             write_preview(preview, modalities, hw, split=split, seed=seed, count=min(n, 6))
-        if not quiet:
+        if as_json:
+            typer.echo(json.dumps({"out": str(out / split), "scenes": n, "size": list(hw), "seed": seed,
+                                   "rgb_format": rgb_format, "preview": str(preview) if preview else None,
+                                   "dataset_json": str(out / "dataset.json"),
+                                   "seconds": round(time.perf_counter() - started, 3)}))
+        elif not quiet:
             typer.echo(f"wrote {n} scenes to {out / split}" + (f", preview {preview}" if preview else ""))
 
     @data.command("check")

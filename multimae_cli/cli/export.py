@@ -46,10 +46,11 @@ def register(app: typer.Typer) -> None:
         """Write a checkpoint in another format; the file is re-loaded and checked before it is kept."""
         size = parse_size(image_size)
         from ..formats.export import export_model
+        from .output import working
 
-        summary = export_model(checkpoint, format, out, inputs=_names(inputs), outputs=_names(outputs),
-                               image_size=size, batch_size=batch_size,
-                               overwrite=overwrite)
+        with working(as_json, f"exporting {out} ({format}), then re-loading and checking it"):
+            summary = export_model(checkpoint, format, out, inputs=_names(inputs), outputs=_names(outputs),
+                                   image_size=size, batch_size=batch_size, overwrite=overwrite)
         if as_json:
             typer.echo(json.dumps(summary))
         else:
@@ -77,8 +78,10 @@ def register(app: typer.Typer) -> None:
         for assignment in assignments or []:
             overrides.update(parse_assignment(assignment))
         from ..formats.export import import_model
+        from .output import working
 
-        summary = import_model(kind, source, out, overwrite=overwrite, **overrides)
+        with working(as_json, f"importing {source} into {out}, then checking it"):
+            summary = import_model(kind, source, out, overwrite=overwrite, **overrides)
         if as_json:
             typer.echo(json.dumps(summary))
         else:

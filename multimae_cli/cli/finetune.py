@@ -114,8 +114,12 @@ def register_eval(app: typer.Typer) -> None:
         except ValueError as exc:
             raise ConfigError(f"--workers: {exc}") from None
         from ..train.evaluate import evaluate_checkpoint
+        from .output import progress
 
-        result = evaluate_checkpoint(checkpoint, data, split, batch_size, device, workers, scenes)
+        with progress(as_json or os.environ.get("RANK", "0") != "0") as bar:
+            handle = bar.add_task(f"evaluating {split}", total=None)
+            result = evaluate_checkpoint(checkpoint, data, split, batch_size, device, workers, scenes,
+                                         progress=lambda done, total: bar.update(handle, advance=done, total=total))
         if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports the summed metrics
             return
         if as_json:

@@ -13,6 +13,16 @@ def progress(quiet: bool, *columns):
     return Progress(*columns, console=console, disable=quiet or not console.is_terminal, transient=True)
 
 
+def working(quiet: bool, what: str):
+    """A spinner with the time elapsed for one long step without a count (an export and its check), on a
+    terminal only."""
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bar = progress(quiet, SpinnerColumn(), TextColumn(what), TimeElapsedColumn())
+    bar.add_task(what, total=None)
+    return bar
+
+
 def summary_line(summary: dict) -> str:
     """What a finished (or already finished) training run reports: steps, loss first -> last, checkpoint."""
     first, final = summary["first_loss"], summary["final_loss"]

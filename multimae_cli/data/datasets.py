@@ -112,9 +112,14 @@ def loader_workers(setting: int | str) -> int:
         raise ConfigError(f"workers: {exc}") from None
     if setting != "auto":
         return setting
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return min(16, max(2, per_process - 1))
+    return min(16, max(2, cpus_per_process() - 1))
+
+
+def cpus_per_process() -> int:
+    """The CPUs this process may run on (its affinity: a container's, `taskset`'s or the scheduler's limit),
+    shared among the torchrun processes of this machine; at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = True, workers: int = 0, seed: int = 0,

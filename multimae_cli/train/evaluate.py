@@ -6,6 +6,7 @@ depend on the batch size or the number of processes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ def eval_collate(samples):
 
 @torch.no_grad()
 def evaluate(model, task: Task, loader, modalities: dict, num_outputs: int, device: torch.device, dtype, scale: float,
-             reduce_zero_label: bool) -> dict[str, float]:
-    """The task's metrics over the whole loader (all ranks' shards summed); `modalities` normalise the inputs."""
+             reduce_zero_label: bool, progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """The task's metrics over the whole loader (all ranks' shards summed); `modalities` normalise the inputs;
+    `progress(samples)` after each batch."""
     metrics = task.metrics(num_outputs)
     was_training = model.training
     model.eval()
@@ -49,6 +51,8 @@ def evaluate(model, task: Task, loader, modalities: dict, num_outputs: int, devi
                 metrics.update(pred[i:i + 1], one[None].to(device))
         else:
             metrics.update(pred, target.to(device))
+        if progress:
+            progress(len(pred))
     model.train(was_training)
     metrics.sync()
     return metrics.compute()
@@ -70,10 +74,11 @@ def eval_loader(dataset, batch_size: int, info: DistInfo, workers: int):
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "val",
                         batch_size: int = 16, device: str = "auto", workers: int | str = "auto",
-                        synthetic_scenes: int = 64, seed: int = 0) -> dict[str, Any]:
+                        synthetic_scenes: int = 64, seed: int = 0,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Metrics of a fine-tuned checkpoint on a split of a folder dataset (or `synthetic_scenes` scenes of the
     split's synthetic stream when `data` is None), accumulated over the whole split; correct under torchrun
-    (shards summed)."""
+    (shards summed). `progress(samples, total)` after each batch of this rank's share."""
     from ..config import DataConfig
     from ..formats.load import load_task_model
 
@@ -98,9 +103,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
                               classes=classes, seed=seed, num_classes=model.task_info["num_outputs"],
                               reduce_zero_label=model.task_info["reduce_zero_label"])
         loader = eval_loader(dataset, batch_size, info, processes)
+        share = len(shard(len(dataset), info))
         metrics = evaluate(model, task, loader, dataset.input_modalities, model.task_info["num_outputs"], torch_device,
                            resolve_precision("auto", torch_device), model.task_info["depth_scale"],
-                           model.task_info["reduce_zero_label"])
+                           model.task_info["reduce_zero_label"],
+                           (lambda done: progress(done, share)) if progress else None)
         return {"checkpoint": str(checkpoint), "task": task.name, "split": split, "samples": len(dataset),
                 "metrics": metrics}
 

@@ -142,7 +142,7 @@ def _resolve(config: FinetuneConfig) -> tuple[Task, dict]:
 
 def finetune(config: FinetuneConfig, resume: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) a fine-tuning run; returns a summary. Writes `runs/<name>/` (`last/`, `best/`)."""
-    return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info))
+    return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info), config.threads)
 
 
 def _open(config: FinetuneConfig, task: Task, known: dict, resume, info: DistInfo):
@@ -287,7 +287,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 break
             stop.check(step)
     summary = {"run": str(run), "task": task.name, "steps": step, "first_loss": first_loss, "final_loss": last_loss,
-               "metrics": evaluation, "main_metric": metric_kind.main, "best": best,
+               "metrics": evaluation, "main_metric": metric_kind.main, "best": best, "threads": torch.get_num_threads(),
                "checkpoint": str(run / (ckpt.BEST if (run / ckpt.BEST).is_dir() else ckpt.LAST) / "model.safetensors")}
     write_model_card(run, "finetune", config, model.config, summary, device, info)
     return summary

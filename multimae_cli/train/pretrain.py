@@ -110,7 +110,7 @@ def held_out_dataset(config: PretrainConfig, modalities: dict, image_size):
 
 def pretrain(config: PretrainConfig, resume: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns a summary. Writes `runs/<name>/` on rank 0."""
-    return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info))
+    return launch(config.device, lambda device, info: _run(config, resume, quiet, device, info), config.threads)
 
 
 def _open(config: PretrainConfig, resume, info: DistInfo):
@@ -216,6 +216,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     summary = {"run": str(run), "steps": step, "first_loss": first_loss, "cross_modal": cross_modal,
                "final_loss": last_record["loss"] if last_record else None,
                "img_per_s": last_record["img_per_s"] if last_record else None,
+               "threads": torch.get_num_threads(),
                "checkpoint": str(run / ckpt.LAST / "model.safetensors")}
     write_model_card(run, "pretrain", config, model_config, summary, device, info)
     return summary

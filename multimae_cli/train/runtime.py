@@ -4,6 +4,7 @@ progress bar, and saving progress when a run is stopped."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -163,16 +164,26 @@ def compiled(module: torch.nn.Module, config: RunConfig) -> torch.nn.Module:
     return torch.compile(module, mode=None if config.compile_mode == "default" else config.compile_mode)
 
 
-def launch(device_name: str, body):
-    """`body(device, info)` inside torch.distributed when launched by torchrun (one GPU per rank)."""
+def launch(device_name: str, body, threads: int | str = "auto"):
+    """`body(device, info)` inside torch.distributed when launched by torchrun (one GPU per rank), with torch's
+    intra-op threads set by `threads` (`RunConfig.threads`; auto: `cpus_per_process()` unless OMP_NUM_THREADS
+    is set) for its duration."""
+    from ..data.datasets import cpus_per_process
+
     device = resolve_device(device_name)
     info = setup(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
+    before = torch.get_num_threads()
+    if threads != "auto":
+        torch.set_num_threads(int(threads))
+    elif "OMP_NUM_THREADS" not in os.environ:  # which torch honours: the user's choice stands
+        torch.set_num_threads(cpus_per_process())
     try:
         return body(device, info)
     finally:
+        torch.set_num_threads(before)
         teardown()
 
 
