@@ -31,6 +31,7 @@ from .io import (
 from .plugin import protocols
 from .plugin.components import ClassEmbeddingInput, MaskedCrossEntropy, MaskedL1, MaskedMSE, PatchInput, SpatialOutput
 from .plugin.hookspecs import API_CHANGES, API_VERSION, hookimpl
+from .plugin.logger import Logger
 from .plugin.modality import AdapterContext, DecoderContext, Modality
 from .plugin.task import HeadContext, Task
 from .plugin.teacher import Labeler, Teacher, TeacherRequest, by_size
@@ -85,6 +86,7 @@ __all__ = [
     "InputError",
     "Labeler",
     "LinearHead",
+    "Logger",
     "MaskedCrossEntropy",
     "MaskedCrossEntropyLoss",
     "MaskedL1",

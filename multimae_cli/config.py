@@ -199,6 +199,7 @@ class RunConfig(BaseModel):
     # torch's intra-op threads in the training process; auto: OMP_NUM_THREADS if set, else the CPUs its affinity
     # allows shared among the torchrun processes of the machine (torch's own default, every core, oversubscribes)
     threads: Count | Literal["auto"] = "auto"
+    loggers: list[str] = []  # run loggers besides metrics.jsonl, by their registered name: tensorboard, yours
     seed: int = 0
     out_dir: str = "runs"
     name: str | None = None

@@ -95,14 +95,14 @@ def interrupt_after_step(monkeypatch, step: int):
     """Send the process SIGINT (Ctrl-C) right after a training loop records `step`'s metrics; returns the undo."""
     import signal
 
-    from multimae_cli.train import checkpoint as ckpt
+    from multimae_cli.train import runlog
 
-    original = ckpt.append_metrics
+    original = runlog.append_metrics
 
     def interrupting(run, record):
         original(run, record)
         if record["step"] == step:
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(ckpt, "append_metrics", interrupting)
-    return lambda: monkeypatch.setattr(ckpt, "append_metrics", original)
+    monkeypatch.setattr(runlog, "append_metrics", interrupting)
+    return lambda: monkeypatch.setattr(runlog, "append_metrics", original)

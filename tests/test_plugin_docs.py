@@ -16,8 +16,8 @@ DOCS = (REPO / "docs" / "plugins.md").read_text()
 
 
 def test_hooks_are_found():
-    assert HOOKS == ["register_commands", "register_modalities", "register_tasks", "register_teachers",
-                     "register_weights"]
+    assert HOOKS == ["register_commands", "register_loggers", "register_modalities", "register_tasks",
+                     "register_teachers", "register_weights"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -25,6 +25,7 @@ from multimae_cli.formats.load import load_model
 from multimae_cli.plugin.factory import pretrain_model_config
 from multimae_cli.train import checkpoint as ckpt
 from multimae_cli.train import pretrain as pretrain_module
+from multimae_cli.train import runlog
 from multimae_cli.train.pretrain import pretrain
 
 TINY = {"model": {"image_size": 32, "depth": 2, "dim": 64, "num_heads": 2, "decoder_dim": 32,
@@ -528,8 +529,8 @@ def test_threads_setting_is_honoured_for_the_run_only(tmp_path, monkeypatch):
     from multimae_cli.data.datasets import cpus_per_process
 
     seen = []
-    original = ckpt.append_metrics
-    monkeypatch.setattr(ckpt, "append_metrics", lambda run, record: (seen.append(torch.get_num_threads()),
+    original = runlog.append_metrics
+    monkeypatch.setattr(runlog, "append_metrics", lambda run, record: (seen.append(torch.get_num_threads()),
                                                                       original(run, record)))
     before = torch.get_num_threads()
     assert pretrain(tiny(tmp_path, name="one", steps=2, threads=1), quiet=True)["threads"] == 1

@@ -49,6 +49,8 @@ def register_finetune(app: typer.Typer) -> None:
         out_dir: Path | None = typer.Option(None, "--out", help="Folder of runs (default: runs)."),
         name: str | None = typer.Option(None, "--name"),
         seed: int | None = typer.Option(None, "--seed"),
+        logger: list[str] = typer.Option(None, "--logger", help="Also log to this registered logger, e.g. "
+                                         "tensorboard (repeatable; `multimae plugins` lists them)."),
         resume: Path | None = typer.Option(None, "--resume", help="Continue runs/<name> exactly where it stopped."),
         quiet: bool = typer.Option(False, "--quiet"),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
@@ -69,6 +71,8 @@ def register_finetune(app: typer.Typer) -> None:
                            ("seed", seed), ("out_dir", str(out_dir) if out_dir else None)):
             if value is not None:
                 flags[key] = value
+        if logger:
+            flags["loggers"] = [name.strip() for value in logger for name in value.split(",") if name.strip()]
         if resume is not None:
             if flags or config or assignments:
                 raise ConfigError("--resume continues a run with its saved config.yaml; give no other settings")

@@ -18,6 +18,7 @@ def list_plugins() -> list[dict]:
     registry.tasks()
     registry.teachers()
     registry.weights()
+    registry.loggers()
     return [info.as_dict() for info in registry.plugins.values()]
 
 
@@ -59,7 +60,8 @@ def register(app: typer.Typer) -> None:
                       caption=f"multimae {__version__}, plugin API {API_VERSION}")
         for row in rows:
             status = f"[red]failed: {row['error']}[/red]" if row["error"] else "ok"
-            adds = [f"{kind}: {', '.join(row[kind])}" for kind in ("modalities", "tasks", "teachers", "weights")
+            adds = [f"{kind}: {', '.join(row[kind])}"
+                    for kind in ("modalities", "tasks", "teachers", "weights", "loggers")
                     if row[kind]]
             api = "" if row["api"] is None else str(row["api"])
             table.add_row(row["name"], row["source"], row["version"] or "", api, "; ".join(adds), status)

@@ -50,5 +50,10 @@ def register_weights(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
+def register_loggers(register: Callable[[Any], None]) -> None:
+    """Call `register(Logger(...))` once for every run logger the plugin adds (TensorBoard, W&B, MLflow, ...)."""
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add commands to the `multimae` Typer app (`@app.command()`); called once when the CLI starts."""

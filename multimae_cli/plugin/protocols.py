@@ -100,6 +100,22 @@ class Metric(Protocol):
     def compute(self) -> dict[str, float]: ...
 
 
+@runtime_checkable
+class LogWriter(Protocol):
+    """What `Logger.open(run, config)` returns: one run's destination for its scalars and pictures.
+
+    The engine calls `scalars(step, values)` at every logging step (training losses by modality, `lr`, `img_per_s`;
+    `val/<metric>` after an evaluation), `image(step, tag, image)` for each preview (an RGB uint8 (H, W, 3)
+    array), and `close()` once when the run ends, however it ends. Rank 0 alone logs under torchrun.
+    """
+
+    def scalars(self, step: int, values: dict[str, float]) -> None: ...
+
+    def image(self, step: int, tag: str, image: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def missing(obj: object, protocol: type) -> list[str]:
     """The attributes and methods of `protocol` that `obj` lacks (what `isinstance` would only answer no to)."""
     names = set(getattr(protocol, "__annotations__", {}))

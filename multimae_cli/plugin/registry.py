@@ -46,6 +46,7 @@ class PluginInfo:
     tasks: list[str] = field(default_factory=list)
     teachers: list[str] = field(default_factory=list)
     weights: list[str] = field(default_factory=list)
+    loggers: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -70,6 +71,7 @@ class PluginInfo:
             "tasks": self.tasks,
             "teachers": self.teachers,
             "weights": self.weights,
+            "loggers": self.loggers,
             "error": self.error,
         }
 
@@ -95,6 +97,7 @@ class Registry:
         self._tasks: dict[str, Task] | None = None
         self._teachers: dict[str, Teacher] | None = None
         self._weights: dict[str, Weights] | None = None
+        self._loggers: dict[str, Any] | None = None
 
     def load_entry_points(self) -> None:
         """Import and register every plugin of the entry-point group (respecting MULTIMAE_LOAD_PLUGINS)."""
@@ -139,14 +142,14 @@ class Registry:
     def unregister(self, name: str) -> None:
         self.manager.unregister(name=name)
         self.plugins.pop(name, None)
-        self._modalities = self._tasks = self._teachers = self._weights = None
+        self._modalities = self._tasks = self._teachers = self._weights = self._loggers = None
 
     def _add(self, plugin: object, info: PluginInfo) -> None:
         if info.name in self.plugins:
             raise PluginError(f"a plugin named {info.name!r} is already registered")
         self.manager.register(plugin, name=info.name)
         self.plugins[info.name] = info
-        self._modalities = self._tasks = self._teachers = self._weights = None
+        self._modalities = self._tasks = self._teachers = self._weights = self._loggers = None
 
     def _fail(self, info: PluginInfo, reason: str) -> None:
         info.error = reason
@@ -211,6 +214,14 @@ class Registry:
 
             self._weights = self._collect("register_weights", Weights, "weights")
         return self._weights
+
+    def loggers(self) -> dict[str, Any]:
+        """Every registered run logger by name (collected once)."""
+        if self._loggers is None:
+            from .logger import Logger
+
+            self._loggers = self._collect("register_loggers", Logger, "loggers")
+        return self._loggers
 
     def modality(self, name: str) -> Modality:
         """The registered modality `name`, or an error listing the known ones."""

@@ -23,7 +23,7 @@ import torch
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
 from ..formats.load import save_model
-from ..io import append_line, atomic_write_bytes, save_torch, writing
+from ..io import atomic_write_bytes, save_torch, writing
 from .distributed import DistInfo
 
 LAST, PREVIOUS, BEST = "last", "last.prev", "best"
@@ -208,10 +208,6 @@ def load_state(folder: Path) -> dict[str, Any]:
     except Exception as exc:
         raise CheckpointError(f"{folder / 'state.pt'}: unreadable training state ({type(exc).__name__}): cut short, "
                               "or not written by multimae (objects in it are never loaded)") from None
-
-
-def append_metrics(run: Path, record: dict[str, Any]) -> None:
-    append_line(run / "metrics.jsonl", json.dumps(record))
 
 
 def truncate_metrics(run: Path, last_step: int) -> None:

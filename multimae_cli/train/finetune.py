@@ -36,6 +36,7 @@ from .card import write_model_card
 from .distributed import DistInfo, average
 from .evaluate import eval_loader, evaluate
 from .optim import Optimization
+from .runlog import RunLog, resolve_loggers
 from .runtime import distributed, epoch_loader, launch, progress_bar, resolve_precision, stops_saved
 from .window import LossWindow
 
@@ -206,6 +207,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     import torch.distributed as dist
 
     task, known = _resolve(config)
+    loggers = resolve_loggers(config.loggers)
     model, run, state = _open(config, task, known, resume, info)
     inputs, num_outputs = list(model.config.inputs), model.task_info["num_outputs"]
     modalities = resolve_modalities(model.config, names=[*inputs, *([task.target] if task.target else [])])
@@ -227,6 +229,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
     metric_kind = task.metrics(num_outputs)
     saves = ckpt.SaveSchedule(config, info, device)
     losses = LossWindow(device)
+    log = RunLog(run, loggers, config.model_dump(mode="json"), info.is_main)
 
     def save(folder: str = ckpt.LAST) -> None:
         losses.check(run)
@@ -244,17 +247,17 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
         """Metrics over the whole validation set, recorded, and a preview picture of a few samples."""
         evaluation = evaluate(model, task, eval_loader(val_set, config.batch_size, info, workers),
                               val_set.input_modalities, num_outputs, device, opt.dtype, scale, zero)
-        if info.is_main:
-            ckpt.append_metrics(run, {"step": step, **{f"val/{k}": v for k, v in evaluation.items()}})
+        log.record({"step": step, **{f"val/{k}": v for k, v in evaluation.items()}})
         if info.is_main and task.target is not None:
-            write_preview(model, val_set, task, modalities, scale, zero, run / "previews" / f"step-{step:06d}.png",
-                          device)
+            picture = run / "previews" / f"step-{step:06d}.png"
+            write_preview(model, val_set, task, modalities, scale, zero, picture, device)
+            log.image(step, "preview", picture)
         return evaluation
 
     bar, handle = progress_bar("finetune", total_steps, step, disabled=quiet or not info.is_main)
     first_loss, last_loss = state.get("first_loss"), None
     evaluation: dict[str, float] = {}
-    with bar, stops_saved(save, lambda: step, info, "finetune", run, device, config.log_every) as stop:
+    with log, bar, stops_saved(save, lambda: step, info, "finetune", run, device, config.log_every) as stop:
         sampler.start_at(step)
         for batch in loader if step < total_steps else ():
             inputs_batch, target = _on_device(batch, dataset, task, scale, zero, mixup, device)
@@ -270,8 +273,7 @@ def _run(config: FinetuneConfig, resume, quiet: bool, device: torch.device, info
                 record = average(losses.means(), info, device)
                 first_loss = first_loss if first_loss is not None else record["loss"]
                 last_loss = record["loss"]
-                if info.is_main:
-                    ckpt.append_metrics(run, {"step": step, **record, "lr": opt.lr})  # layer decay: the head's lr
+                log.record({"step": step, **record, "lr": opt.lr})  # layer decay: the head's lr
                 bar.update(handle, completed=step, stats=f"loss {record['loss']:.4f}  lr {opt.lr:.2e}")
             else:
                 bar.update(handle, completed=step)

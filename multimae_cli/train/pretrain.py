@@ -28,6 +28,7 @@ from . import checkpoint as ckpt
 from .card import write_model_card
 from .distributed import DistInfo, average
 from .optim import Optimization
+from .runlog import RunLog, resolve_loggers
 from .runtime import distributed, epoch_loader, launch, progress_bar, resolve_precision, stops_saved
 from .window import LossWindow
 
@@ -53,7 +54,7 @@ def micro_batch_masks(model_config, micro_batch: int, info: DistInfo, batch_size
     return dict(zip(model_config.inputs, rows.split(grid, dim=1), strict=True))
 
 
-def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path, device: torch.device) -> None:
+def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path, device: torch.device) -> Path:
     """Two fixed samples, a row each, every column titled: the visible part of every input, every output's
     prediction from them, every other output predicted from the first input alone (whole, as `predict` does),
     and the ground truth."""
@@ -92,6 +93,7 @@ def preview(model, dataset, config: PretrainConfig, modalities: dict, path: Path
     scale = max(1, 128 // max(model_config.image_size))  # small images are drawn at least 128 px wide
     cell = (model_config.image_size[0] * scale, model_config.image_size[1] * scale)
     write_image(path, preview_grid(rows, drawable, cell=cell, titles=True))
+    return path
 
 
 def held_out_dataset(config: PretrainConfig, modalities: dict, image_size):
@@ -135,6 +137,7 @@ def _data_modalities(model_config) -> dict:
 def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info: DistInfo) -> dict[str, Any]:
     import torch.distributed as dist
 
+    loggers = resolve_loggers(config.loggers)
     model, run, state = _open(config, resume, info)
     model_config = model.config
     model.set_grad_checkpointing(config.activation_checkpointing)
@@ -157,6 +160,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     trained = distributed(PretrainStep(model, objective, opt.dtype), config, info, device)
     saves = ckpt.SaveSchedule(config, info, device)
     window = LossWindow(device)
+    log = RunLog(run, loggers, config.model_dump(mode="json"), info.is_main)
 
     def save() -> None:
         window.check(run)
@@ -171,7 +175,7 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     window_start, window_images = time.perf_counter(), 0
     first_loss, last_record = state.get("first_loss"), None
     micro = step * accum
-    with bar, stops_saved(save, lambda: step, info, "pretrain", run, device, config.log_every) as stop:
+    with log, bar, stops_saved(save, lambda: step, info, "pretrain", run, device, config.log_every) as stop:
         sampler.start_at(micro)
         for batch in loader if step < total_steps else ():
             batch = to_device(batch, modalities, device, non_blocking=True)
@@ -196,39 +200,37 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
                           "img_per_s": window_images / (time.perf_counter() - window_start)}
                 first_loss = first_loss if first_loss is not None else record["loss"]
                 last_record = record
-                if info.is_main:
-                    ckpt.append_metrics(run, record)
+                log.record(record)
                 bar.update(task, completed=step, stats=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
                                                       f"{record['img_per_s']:.1f} img/s")
                 window_start, window_images = time.perf_counter(), 0
             else:
                 bar.update(task, completed=step)
             if info.is_main and config.preview_every and (step == total_steps or step % config.preview_every == 0):
-                preview(model, held_out or dataset, config, modalities, run / "previews" / f"step-{step:06d}.png",
-                        device)
+                picture = preview(model, held_out or dataset, config, modalities,
+                                  run / "previews" / f"step-{step:06d}.png", device)
+                log.image(step, "preview", picture)
             if step == total_steps or saves.due(step):
                 save()
             if step == total_steps:
                 break
             stop.check(step)
-    cross_modal = _held_out_quality(model, held_out, modalities, run, step, device) \
-        if info.is_main and last_record is not None and held_out is not None else None
+        cross_modal = _held_out_quality(model, held_out, modalities, log, step, device) \
+            if info.is_main and last_record is not None and held_out is not None else None
     summary = {"run": str(run), "steps": step, "first_loss": first_loss, "cross_modal": cross_modal,
-               "final_loss": last_record["loss"] if last_record else None,
-               "img_per_s": last_record["img_per_s"] if last_record else None,
-               "threads": torch.get_num_threads(),
-               "checkpoint": str(run / ckpt.LAST / "model.safetensors")}
+               "final_loss": (last_record or {}).get("loss"), "img_per_s": (last_record or {}).get("img_per_s"),
+               "threads": torch.get_num_threads(), "checkpoint": str(run / ckpt.LAST / "model.safetensors")}
     write_model_card(run, "pretrain", config, model_config, summary, device, info)
     return summary
 
 
-def _held_out_quality(model, held_out, modalities: dict, run: Path, step: int, device: torch.device) -> dict:
+def _held_out_quality(model, held_out, modalities: dict, log: RunLog, step: int, device: torch.device) -> dict:
     """What the first input alone predicts of every other output on held-out scenes, recorded in the metrics."""
     from .crossmodal import cross_modal_quality
 
     quality = cross_modal_quality(model, held_out, modalities, device)
     if quality["outputs"]:
         source = quality["source"]
-        ckpt.append_metrics(run, {"step": step, **{f"heldout/{source}->{name}/{entry['metric']}": entry["value"]
-                                                   for name, entry in quality["outputs"].items()}})
+        log.record({"step": step, **{f"heldout/{source}->{name}/{entry['metric']}": entry["value"]
+                                     for name, entry in quality["outputs"].items()}})
     return quality
