@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import interrupt_after_step, run_cli
+from conftest import REPO, interrupt_after_step, run_cli
 
 from multimae_cli.config import PretrainConfig, load_pretrain_config
 from multimae_cli.data.folder import epoch_and_index
@@ -127,6 +127,38 @@ def test_ddp_two_processes_match_one(tmp_path):
         for key in ("loss", "loss/rgb", "loss/depth", "loss/semseg", "loss/norm_rgb"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     assert_same_training(weights(tmp_path / "runs" / "single"), weights(tmp_path / "runs" / "ddp"))
+
+
+def test_slurm_script_runs_two_torchrun_agents_that_train_like_one_process(tmp_path):
+    """examples/slurm/pretrain.sbatch with stand-ins for `srun` (its two tasks: one torchrun agent per "node",
+    here both on 127.0.0.1) and `scontrol`: the agents meet through the c10d rendezvous and train like one
+    process with the global batch; submitted again, the script resumes the run instead of starting another."""
+    import socket
+
+    pretrain(tiny(tmp_path, name="single", steps=4, batch_size=8), quiet=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
+    (bin_dir / "srun").write_text("#!/bin/bash\n\"$@\" & first=$!\n\"$@\"; second=$?\nwait $first && exit $second\n")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    (bin_dir / "torchrun").symlink_to(Path(sys.executable).parent / "torchrun")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "tiny.yaml").write_text(json.dumps({**TINY, "batch_size": 4, "log_every": 2, "steps": 4}))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": "4242", "RUN": str(tmp_path / "runs" / "slurm"),
+           "CONFIG": str(tmp_path / "tiny.yaml"), "GPUS_PER_NODE": "1", "PORT": str(port)}
+    script = REPO / "examples" / "slurm" / "pretrain.sbatch"
+    result = subprocess.run(["bash", str(script), "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, slurm = metrics(tmp_path / "runs" / "single"), metrics(tmp_path / "runs" / "slurm")
+    assert [r["step"] for r in slurm] == [2, 4]
+    for a, b in zip(single, slurm, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+    again = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "nothing to do: the run is already at step 4" in again.stdout, again.stderr
 
 
 def test_sigterm_under_torchrun_saves_on_every_rank_at_one_step(tmp_path):
