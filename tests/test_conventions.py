@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -53,6 +56,37 @@ def test_print_config_round_trips_and_trains_nothing(tmp_path):
     assert again.stdout == printed.stdout
     finetune = run_cli("finetune", "--task", "depth", "--steps", "3", "--print-config")
     assert finetune.returncode == 0 and yaml.safe_load(finetune.stdout)["task"] == "depth"
+
+
+def test_print_schema_describes_every_key_and_rejects_unknown_ones():
+    """The JSON schema editors read (yaml-language-server): every key of the config, unknown keys refused, and
+    each example config's keys among its properties."""
+    from multimae_cli import config
+
+    for command, cls, example in (("pretrain", "PretrainConfig", "pretrain-tiny-cpu.yaml"),
+                                  ("finetune", "FinetuneConfig", "finetune-depth-tiny-cpu.yaml")):
+        result = run_cli(command, "--print-schema")
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        schema = json.loads(result.stdout)
+        fields = getattr(config, cls).model_fields
+        assert schema["additionalProperties"] is False and set(schema["properties"]) == set(fields)
+        keys = yaml.safe_load((REPO / "examples" / "configs" / example).read_text())
+        assert set(keys) <= set(schema["properties"])
+
+
+def test_shell_completion_offers_registered_names():
+    """Completion is on (`--install-completion`); `--task`, `--modalities` and `--logger` complete with what the
+    plugins registered, without importing torch."""
+    def complete(words: str, index: int) -> list[str]:
+        env = {**os.environ, "_MULTIMAE_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(index)}
+        result = subprocess.run([sys.executable, "-m", "multimae_cli"], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert complete("multimae finetune --task s", 3) == ["semseg"]
+    assert complete("multimae pretrain --modalities rgb,d", 3) == ["rgb,depth"]
+    assert complete("multimae pretrain --logger t", 3) == ["tensorboard"]
+    assert "--install-completion" in run_cli("--help").stdout
 
 
 def test_mask_ratio_sets_the_visible_tokens_and_info_shows_the_budget(tmp_path):

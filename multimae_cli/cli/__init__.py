@@ -24,7 +24,7 @@ def build_app() -> typer.Typer:
         name="multimae",
         help="MultiMAE: multi-modal multi-task masked autoencoders. Pretrain, fine-tune, predict, export.",
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,
         pretty_exceptions_enable=False,
     )
     @app.callback()

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
-from .output import config_yaml, summary_line
+from .output import complete_names, config_yaml, summary_line
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
 def register_finetune(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_command(
-        task: str | None = typer.Option(None, "--task", help="classification | semseg | depth | normals | ..."),
+        task: str | None = typer.Option(None, "--task", help="classification | semseg | depth | normals | ...",
+                                        autocompletion=complete_names("tasks")),
         checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Pretrained weights (native, official "
                                                ".pth or timm); none: a fresh encoder."),
         inputs: str | None = typer.Option(None, "--inputs", help="Input modalities, e.g. rgb or rgb,depth."),
@@ -50,16 +51,22 @@ def register_finetune(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, "--name"),
         seed: int | None = typer.Option(None, "--seed"),
         logger: list[str] = typer.Option(None, "--logger", help="Also log to this registered logger, e.g. "
-                                         "tensorboard (repeatable; `multimae plugins` lists them)."),
+                                         "tensorboard (repeatable; `multimae plugins` lists them).",
+                                         autocompletion=complete_names("loggers")),
         resume: Path | None = typer.Option(None, "--resume", help="Continue runs/<name> exactly where it stopped."),
         quiet: bool = typer.Option(False, "--quiet"),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config as YAML (what "
                                           "--config reads) and exit without training."),
+        print_schema: bool = typer.Option(False, "--print-schema", help="Print the JSON schema of --config files "
+                                          "(for editors) and exit."),
     ) -> None:
         """Fine-tune a task head (and the encoder) from a pretrained checkpoint."""
         from ..config import FinetuneConfig, load_config
 
+        if print_schema:
+            typer.echo(json.dumps(FinetuneConfig.model_json_schema(), indent=2))
+            return
         flags: dict[str, Any] = {}
         if inputs:
             flags["inputs"] = [m.strip() for m in inputs.split(",") if m.strip()]

@@ -37,3 +37,16 @@ def config_yaml(config) -> str:
     import yaml
 
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def complete_names(kind: str):
+    """A shell-completion callback offering the registered `kind` (tasks, loggers, modalities); for a
+    comma-separated list, the names that may follow what is typed."""
+    def complete(incomplete: str) -> list[str]:
+        from ..plugin.registry import get_registry
+
+        names = sorted(getattr(get_registry(), kind)())
+        done, _, last = incomplete.rpartition(",")
+        prefix = f"{done}," if done else ""
+        return [prefix + name for name in names if name.startswith(last) and name not in done.split(",")]
+    return complete

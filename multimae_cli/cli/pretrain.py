@@ -9,13 +9,14 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
-from .output import config_yaml, summary_line
+from .output import complete_names, config_yaml, summary_line
 
 
 def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain_command(
-        modalities: str | None = typer.Option(None, "--modalities", help="Inputs and outputs, e.g. rgb,depth,semseg."),
+        modalities: str | None = typer.Option(None, "--modalities", help="Inputs and outputs, e.g. rgb,depth,semseg.",
+                                              autocompletion=complete_names("modalities")),
         config: Path | None = typer.Option(None, "--config", help="YAML file of PretrainConfig keys."),
         assignments: list[str] = typer.Option(None, "--set", help="key=value, e.g. optim.blr=1.5e-4 (repeatable)."),
         preset: str | None = typer.Option(None, "--preset", help="tiny | small | base | large."),
@@ -32,16 +33,22 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, "--name", help="Run name (default: pretrain-<time>)."),
         seed: int | None = typer.Option(None, "--seed"),
         logger: list[str] = typer.Option(None, "--logger", help="Also log to this registered logger, e.g. "
-                                         "tensorboard (repeatable; `multimae plugins` lists them)."),
+                                         "tensorboard (repeatable; `multimae plugins` lists them).",
+                                         autocompletion=complete_names("loggers")),
         resume: Path | None = typer.Option(None, "--resume", help="Continue runs/<name> exactly where it stopped."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config as YAML (what "
                                           "--config reads) and exit without training."),
+        print_schema: bool = typer.Option(False, "--print-schema", help="Print the JSON schema of --config files "
+                                          "(for editors) and exit."),
     ) -> None:
         """Pretrain MultiMAE (default: the tiny preset on synthetic scenes, CPU-friendly)."""
         from ..config import PretrainConfig, load_pretrain_config
 
+        if print_schema:
+            typer.echo(json.dumps(PretrainConfig.model_json_schema(), indent=2))
+            return
         flags: dict[str, Any] = {}
         model: dict[str, Any] = {}
         if modalities:
