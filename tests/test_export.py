@@ -187,3 +187,27 @@ def test_export_cli_json(tmp_path, tiny_pth):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["format"] == "native"
     assert (tmp_path / "n.safetensors").stat().st_mode & 0o044  # readable by others, as files usually are
+
+
+def test_export_of_a_run_brings_its_model_card_along(tmp_path):
+    """The run's README.md goes next to the exported file with a section on that file; one already there stays."""
+    from test_pretrain import tiny
+
+    from multimae_cli.formats.export import export_model
+    from multimae_cli.train.pretrain import pretrain
+
+    pretrain(tiny(tmp_path, name="carded", steps=2), quiet=True)
+    run = tmp_path / "runs" / "carded"
+    (tmp_path / "hub").mkdir()
+    summary = export_model(run / "last" / "model.safetensors", "timm", tmp_path / "hub" / "vit.safetensors")
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert summary["model_card"] == str(tmp_path / "hub" / "README.md")
+    assert card.startswith((run / "README.md").read_text().rstrip()) and "## This export" in card
+    assert "`vit.safetensors`: the timm format" in card and "Load it with: `timm.models." in card
+    again = export_model(run, "native", tmp_path / "hub" / "model.safetensors")
+    assert again["model_card"].startswith("not copied: ") and (tmp_path / "hub" / "README.md").read_text() == card
+    (tmp_path / "bare").mkdir()
+    loose = tmp_path / "bare" / "in.safetensors"  # a checkpoint outside any run folder has no card to bring
+    loose.write_bytes((run / "last" / "model.safetensors").read_bytes())
+    assert "model_card" not in export_model(loose, "native", tmp_path / "bare" / "out.safetensors")
+    assert not (tmp_path / "bare" / "README.md").exists()

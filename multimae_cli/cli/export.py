@@ -57,6 +57,9 @@ def register(app: typer.Typer) -> None:
             what = f", fine-tuned {summary['task']} model" if "task" in summary else ""
             note = f"; {summary['note']}" if "note" in summary else ""
             typer.echo(f"wrote {out} ({format}{what}, verified){note}")
+            if "model_card" in summary:
+                card = summary["model_card"]
+                typer.echo(f"model card: {card}" if card.startswith("not copied") else f"model card copied to {card}")
             if "load_with" in summary:
                 typer.echo(f"load it with: {summary['load_with']}")
 

@@ -15,7 +15,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, InputError
-from ..io import save_torch, write_bytes, write_checked
+from ..io import atomic_write_bytes, save_torch, write_bytes, write_checked
 from .load import (
     PLUGINS_KEY,
     load_model,
@@ -72,7 +72,33 @@ def export_model(checkpoint: str | Path, format: str, out: str | Path, *, inputs
                  tolerance: float = 1e-4) -> dict[str, Any]:
     """Write the model of `checkpoint` (any readable format) as `format` to `out`, verified. `inputs`,
     `outputs`, `image_size` and `batch_size` shape the ONNX graph (default: every input and output at the
-    model's size)."""
+    model's size). A checkpoint of a run folder brings the run's model card along: `README.md` beside `out`,
+    unless one is there already (the summary says which)."""
+    summary = _export(checkpoint, format, out, inputs, outputs, image_size, batch_size, overwrite, tolerance)
+    return {**summary, **_carry_card(Path(checkpoint), Path(out), summary)}
+
+
+def _carry_card(checkpoint: Path, out: Path, summary: dict[str, Any]) -> dict[str, str]:
+    """Copy the model card of the run `checkpoint` belongs to (`runs/<name>/`, its `last/` or `best/`) next to
+    `out`, the Hugging Face layout, with a section on the exported file; a README.md already there is kept."""
+    run = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    card = next((folder / "README.md" for folder in (run, run.parent)
+                 if (folder / "README.md").is_file() and (folder / "config.yaml").is_file()), None)
+    if card is None:
+        return {}
+    target = out.parent / "README.md"
+    if target.exists():
+        return {"model_card": f"not copied: {target} exists (the run's card is {card})"}
+    load = f"\n\nLoad it with: `{summary['load_with']}`" if "load_with" in summary else ""
+    section = (f"\n\n## This export\n\n`{out.name}`: the {summary['format']} format, written and verified by "
+               f"`multimae export` from `{checkpoint}`.{load}\n")
+    atomic_write_bytes(target, card.read_text().rstrip().encode() + section.encode())
+    return {"model_card": str(target)}
+
+
+def _export(checkpoint: str | Path, format: str, out: str | Path, inputs: Sequence[str] | None,
+            outputs: Sequence[str] | None, image_size: tuple[int, int] | None, batch_size: int, overwrite: bool,
+            tolerance: float) -> dict[str, Any]:
     if format not in FORMATS:
         raise ConfigError(f"--format {format}: unknown format (choose from {', '.join(FORMATS)})")
     out = Path(out)
