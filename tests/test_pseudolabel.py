@@ -362,3 +362,27 @@ def test_hf_teacher_takes_hub_ids_through_the_hub_cache(tmp_path, rgb_dir, hf_di
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert missing.stderr.startswith("error: hf:lab/not-cached: no such folder here, and the Hugging Face hub did "
                                      "not give it ("), missing.stderr
+
+
+def test_two_torchrun_processes_write_what_one_process_writes(tmp_path, rgb_dir):
+    """`multimae pseudolabel` under torchrun (2 gloo processes): each labels its own slice; the files are
+    byte-identical to one process's, and the one manifest counts every image."""
+    import os
+    import subprocess
+    import sys
+
+    one = pseudolabel(rgb_dir, tmp_path / "one", ["edges"], batch_size=2)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
+         "multimae_cli", "pseudolabel", str(rgb_dir), "--out", str(tmp_path / "two"), "--modalities", "edges",
+         "--batch-size", "2", "--json"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert (summary["labelled"], summary["processes"], summary["files_written"]) == (6, 2, 12)
+    files = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*.*")
+             if p.name != "pseudolabel.json"}
+    assert files and files == {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*.*")
+                               if p.name != "pseudolabel.json"}
+    manifest = json.loads((tmp_path / "two" / "pseudolabel.json").read_text())["splits"]["train"]
+    assert manifest["images"] == 6 and manifest["complete"] and one["labelled"] == 6

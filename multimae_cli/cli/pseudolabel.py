@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -89,6 +90,8 @@ def register(app: typer.Typer) -> None:
 
             summary = pseudolabel(rgb_dir, out, names, specs, split, batch_size, workers, device, rgb_mode,
                                   overwrite, advance, skip_bad)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
+            return
         if as_json:
             typer.echo(json.dumps(summary))
         elif not quiet:

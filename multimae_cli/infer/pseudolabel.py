@@ -33,6 +33,8 @@ from ..errors import ConfigError, InputError, PluginError
 from ..io import atomic_write_bytes, publish
 from ..plugin.modality import Modality
 from ..plugin.teacher import Labeler, Teacher, TeacherRequest, TeacherSpec
+from ..train.distributed import DistInfo, setup, teardown
+from ..train.runtime import resolve_device
 
 MANIFEST = "pseudolabel.json"
 RGB_MODES = ("copy", "link", "symlink")
@@ -261,50 +263,88 @@ def pseudolabel(
     manifest = _read_manifest(manifest_path)
     record = manifest.setdefault("splits", {}).setdefault(split, {})
     _check_earlier_teachers(manifest_path, record, steps, data_dir, overwrite)
-    _load_teachers(steps, device)
-    for name in ["rgb", *names]:
-        (data_dir / name).mkdir(parents=True, exist_ok=True)
-    _record_teachers(record, steps, registry)
-    manifest.update({"generator": "multimae pseudolabel", "versions": _versions()})
-    record["source"] = str(rgb_dir)
-    atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    kind = resolve_device(device).type
+    info = setup(kind)  # under torchrun: each rank labels its own slice of the images, on its own GPU
+    try:
+        _load_teachers(steps, f"cuda:{info.local_rank}" if info.world > 1 and kind == "cuda" else device)
+        if info.is_main:
+            for name in ["rgb", *names]:
+                (data_dir / name).mkdir(parents=True, exist_ok=True)
+            _record_teachers(record, steps, registry)
+            manifest.update({"generator": "multimae pseudolabel", "versions": _versions()})
+            record["source"] = str(rgb_dir)
+            atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        _barrier(info)
+        started = time.perf_counter()
+        labelling = _Labelling(data_dir, known, rgb, steps, overwrite, rgb_mode)
+        shown = (lambda done, total, rate: progress(min(total, done * info.world), total, rate * info.world)) \
+            if progress and info.is_main else None  # rank 0's slice stands for all
+        counts = _label_all(labelling, images[info.rank::info.world], batch_size, workers, skip_bad, shown,
+                            len(images))
+        counts = _gathered(counts, info)
+    finally:
+        teardown()
+    seconds = time.perf_counter() - started
+    labelled = counts["labelled"]
+    summary = {"source": str(rgb_dir), "out": str(data_dir), "modalities": ["rgb", *[s.modality.name for s in steps]],
+               "teachers": {step.modality.name: str(step.spec) for step in steps}, "images": len(images),
+               "labelled": labelled, "already_done": counts["done_before"], "skipped": len(counts["skipped"]),
+               "skipped_files": counts["skipped"], "files_written": counts["written"], "seconds": round(seconds, 3),
+               "images_per_s": round(labelled / seconds, 2) if labelled else 0.0, "manifest": str(manifest_path),
+               "processes": info.world}
+    if info.is_main:
+        record.update({k: summary[k] for k in ("images", "skipped", "skipped_files")})
+        record["complete"] = labelled + counts["done_before"] == len(images)
+        atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return summary
 
-    labelling = _Labelling(data_dir, known, rgb, steps, overwrite, rgb_mode)
+
+def _label_all(labelling: _Labelling, images: Sequence[tuple[str, Path]], batch_size: int, workers: int,
+               skip_bad: bool, progress: Callable[[int, int, float], None] | None, total: int) -> dict[str, Any]:
+    """Label `images` batch by batch, reading the next batch while the teachers work on this one."""
     started = time.perf_counter()
-    labelled = done_before = written = 0
-    skipped: list[str] = []
+    counts: dict[str, Any] = {"labelled": 0, "done_before": 0, "written": 0, "skipped": []}
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     with ThreadPoolExecutor(workers) as pool:
-        ahead = [pool.submit(labelling.prepare, key, source) for key, source in batches[0]]
+        ahead = [pool.submit(labelling.prepare, key, source) for key, source in (batches[0] if batches else [])]
         for number in range(len(batches)):
             jobs = [future.result() for future in ahead]
-            if number + 1 < len(batches):  # read the next batch while the teachers work on this one
+            if number + 1 < len(batches):
                 ahead = [pool.submit(labelling.prepare, key, source) for key, source in batches[number + 1]]
             errors = [job.error for job in jobs if job.error]
             if errors and not skip_bad:
                 raise InputError(f"{errors[0]} (pass --skip-bad to skip unreadable images)")
-            skipped += errors
-            done_before += sum(1 for job in jobs if not job.error and not job.todo)
+            counts["skipped"] += errors
+            counts["done_before"] += sum(1 for job in jobs if not job.error and not job.todo)
             work = [job for job in jobs if job.todo and not job.error]
             labelling.label(work)
             for future in [pool.submit(labelling.finish, job) for job in work]:
                 future.result()
-            labelled += len(work)
-            written += sum(len(job.todo) for job in work)
+            counts["labelled"] += len(work)
+            counts["written"] += sum(len(job.todo) for job in work)
             if progress:
-                seconds = time.perf_counter() - started
-                progress(labelled + done_before + len(skipped), len(images), labelled / max(seconds, 1e-9))
+                done = counts["labelled"] + counts["done_before"] + len(counts["skipped"])
+                progress(done, total, counts["labelled"] / max(time.perf_counter() - started, 1e-9))
+    return counts
 
-    seconds = time.perf_counter() - started
-    summary = {"source": str(rgb_dir), "out": str(data_dir), "modalities": ["rgb", *[s.modality.name for s in steps]],
-               "teachers": {step.modality.name: str(step.spec) for step in steps}, "images": len(images),
-               "labelled": labelled, "already_done": done_before, "skipped": len(skipped), "skipped_files": skipped,
-               "files_written": written, "seconds": round(seconds, 3),
-               "images_per_s": round(labelled / seconds, 2) if labelled else 0.0, "manifest": str(manifest_path)}
-    record.update({k: summary[k] for k in ("images", "skipped", "skipped_files")})
-    record["complete"] = labelled + done_before == len(images)
-    atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
-    return summary
+
+def _barrier(info: DistInfo) -> None:
+    if info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _gathered(counts: dict[str, Any], info: DistInfo) -> dict[str, Any]:
+    """Every rank's counts summed (skipped files listed in image order across ranks)."""
+    if info.world == 1:
+        return counts
+    import torch.distributed as dist
+
+    every: list[dict[str, Any]] = [{} for _ in range(info.world)]
+    dist.all_gather_object(every, counts)
+    return {"labelled": sum(c["labelled"] for c in every), "done_before": sum(c["done_before"] for c in every),
+            "written": sum(c["written"] for c in every), "skipped": sorted(f for c in every for f in c["skipped"])}
 
 
 def _check_arguments(rgb_dir: Path, out: Path, data_dir: Path, batch_size: int, workers: int, rgb_mode: str) -> None:
