@@ -267,3 +267,13 @@ def test_nan_loss_is_named_at_its_step_and_no_checkpoint_follows_it(tmp_path, en
         finetune(config, quiet=True)
     folder = ckpt.find_checkpoint(tmp_path / "runs" / "nan")
     assert torch.load(folder / "state.pt", weights_only=True)["step"] == 2
+
+
+def test_default_inputs_leave_out_the_task_target(tmp_path, encoder):
+    """Without `inputs`, a depth head on an rgb + depth checkpoint sees rgb only; a semseg head sees both."""
+    depth = finetune(settings(tmp_path, task="depth", checkpoint=str(encoder), name="d", steps=1,
+                              head_options=SMALL_DPT), quiet=True)
+    assert load_task_model(depth["checkpoint"]).config.inputs == ("rgb",)
+    semseg = finetune(settings(tmp_path, task="semseg", checkpoint=str(encoder), name="s", steps=1,
+                               head_options={"embed_dim": 64, "depth": 1}), quiet=True)
+    assert load_task_model(semseg["checkpoint"]).config.inputs == ("rgb", "depth")

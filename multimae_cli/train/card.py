@@ -20,7 +20,8 @@ from .distributed import DistInfo
 def _hardware(device: torch.device, world: int) -> str:
     if device.type == "cuda":
         return f"{world} x {torch.cuda.get_device_name(device)}"
-    return f"{world} x CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{world} x CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)})"
 
 
 def _data(config) -> str:
@@ -48,7 +49,7 @@ def write_model_card(run: Path, kind: str, config, model_config, summary: dict[s
         return None
     start, licence, licence_text = _origin(getattr(config, "checkpoint", None))
     task = summary.get("task")
-    tags = ["multimae", "masked-autoencoder", *model_config.inputs, *([task] if task else [])]
+    tags = list(dict.fromkeys(["multimae", "masked-autoencoder", *model_config.inputs, *([task] if task else [])]))
     front = ["---", "library_name: multimae", f"license: {licence}", "tags:", *[f"- {tag}" for tag in tags], "---"]
     figures = [f"- loss: {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"
                if summary.get("first_loss") is not None and summary.get("final_loss") is not None

@@ -158,7 +158,8 @@ def _open(config: FinetuneConfig, task: Task, known: dict, resume, info: DistInf
             return model, Path(resume), state
     else:
         ckpt.refuse_existing(config)
-    inputs = list(config.inputs or (checkpoint_config(config).inputs if config.checkpoint else ["rgb"]))
+    pretrained = checkpoint_config(config).inputs if config.checkpoint else ("rgb",)
+    inputs = list(config.inputs or [n for n in pretrained if n != task.target] or ["rgb"])  # never its own target
     modalities = {n: known[n] for n in [*inputs, *([task.target] if task.target else [])]}
     classes = class_names(build_source(config, modalities, config.data.split, train=True)) \
         if task.kind == "classification" else None
