@@ -169,7 +169,8 @@ def plugin_imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("folder", ["multimae_plugins", "examples/multimae-plugin-thermal/multimae_thermal"])
+@pytest.mark.parametrize("folder", ["multimae_plugins", "examples/multimae-plugin-thermal/multimae_thermal",
+                                    "examples/multimae-plugin-csvlog/multimae_csvlog"])
 def test_plugins_import_only_the_public_namespace(folder):
     """The built-ins and the example plugin use `multimae_cli` alone: the documented contract is the whole one."""
     files = sorted((ROOT / folder).rglob("*.py"))
