@@ -16,7 +16,7 @@ import pickle
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +42,7 @@ class Case:
     setup: Callable[[Path, Path], None] | None = None
     fault: Callable[..., None] | None = None
     after: Callable[[Path, Path], None] | None = None
-    exit_code: int = 2
     report: bool = False  # `data check`: a report on stdout naming the culprit, exit 1
-    extra: dict = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +372,7 @@ def test_bad_input(name, world, tmp_path, monkeypatch):
         assert line is not None, out
     else:
         lines = err.strip().splitlines()
-        assert code == case.exit_code and len(lines) == 1 and lines[0].startswith("error: "), (code, out, err)
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, out, err)
         assert "Traceback" not in err and all(f in lines[0] for f in case.fragments), (case.fragments, lines[0])
     if case.after is not None:
         case.after(t, world)

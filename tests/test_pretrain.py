@@ -564,17 +564,22 @@ def test_threads_setting_is_honoured_for_the_run_only(tmp_path, monkeypatch):
     original = runlog.append_metrics
     monkeypatch.setattr(runlog, "append_metrics", lambda run, record: (seen.append(torch.get_num_threads()),
                                                                       original(run, record)))
-    before = torch.get_num_threads()
-    assert pretrain(tiny(tmp_path, name="one", steps=2, threads=1), quiet=True)["threads"] == 1
-    assert set(seen) == {1} and torch.get_num_threads() == before
-    seen.clear()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    pretrain(tiny(tmp_path, name="auto", steps=2), quiet=True)
-    assert set(seen) == {cpus_per_process()} == {len(os.sched_getaffinity(0))}
-    seen.clear()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torch read at start-up stands
-    pretrain(tiny(tmp_path, name="omp", steps=2), quiet=True)
-    assert set(seen) == {before}
+    caller = torch.get_num_threads()
+    before = cpus_per_process() + 1  # a setting that neither `threads: 1` nor auto would give
+    torch.set_num_threads(before)
+    try:
+        assert pretrain(tiny(tmp_path, name="one", steps=2, threads=1), quiet=True)["threads"] == 1
+        assert set(seen) == {1} and torch.get_num_threads() == before
+        seen.clear()
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        pretrain(tiny(tmp_path, name="auto", steps=2), quiet=True)
+        assert set(seen) == {cpus_per_process()} == {len(os.sched_getaffinity(0))}
+        seen.clear()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torch read at start-up stands
+        pretrain(tiny(tmp_path, name="omp", steps=2), quiet=True)
+        assert set(seen) == {before}
+    finally:
+        torch.set_num_threads(caller)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
     assert cpus_per_process() == 1
     with pytest.raises(ConfigError, match="threads"):

@@ -23,6 +23,7 @@ from .hookspecs import API_CHANGES, API_VERSION
 from .modality import Modality
 
 if TYPE_CHECKING:
+    from .logger import Logger
     from .task import Task
     from .teacher import Teacher
     from .weights import Weights
@@ -97,7 +98,7 @@ class Registry:
         self._tasks: dict[str, Task] | None = None
         self._teachers: dict[str, Teacher] | None = None
         self._weights: dict[str, Weights] | None = None
-        self._loggers: dict[str, Any] | None = None
+        self._loggers: dict[str, Logger] | None = None
 
     def load_entry_points(self) -> None:
         """Import and register every plugin of the entry-point group (respecting MULTIMAE_LOAD_PLUGINS)."""
@@ -215,7 +216,7 @@ class Registry:
             self._weights = self._collect("register_weights", Weights, "weights")
         return self._weights
 
-    def loggers(self) -> dict[str, Any]:
+    def loggers(self) -> dict[str, Logger]:
         """Every registered run logger by name (collected once)."""
         if self._loggers is None:
             from .logger import Logger

@@ -35,19 +35,24 @@ def _umask() -> int:
     return mask
 
 
-def create_run_dir(out_dir: str | Path, name: str) -> Path:
-    """A new run folder; an existing one is never reused silently."""
-    run = Path(out_dir) / name
+def refuse_existing(run: Path) -> None:
+    """An existing run folder is never reused silently."""
     if run.exists():
         raise ConfigError(f"{run}: run folder already exists (pass --resume {run} to continue it, or another --name)")
+
+
+def check_name_free(config) -> None:
+    """Before any work: a `--name` already taken is refused (checked again when the folder is made)."""
+    if config.name:
+        refuse_existing(Path(config.out_dir) / config.name)
+
+
+def create_run_dir(out_dir: str | Path, name: str) -> Path:
+    """A new run folder."""
+    run = Path(out_dir) / name
+    refuse_existing(run)
     run.mkdir(parents=True)
     return run
-
-
-def refuse_existing(config) -> None:
-    """Before any work: a `--name` already taken is refused (`create_run_dir` checks again when it makes it)."""
-    if config.name and (Path(config.out_dir) / config.name).exists():
-        create_run_dir(config.out_dir, config.name)
 
 
 def open_run(config, prefix: str, info) -> Path:

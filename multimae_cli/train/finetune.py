@@ -157,7 +157,7 @@ def _open(config: FinetuneConfig, task: Task, known: dict, resume, info: DistInf
         if model is not None:
             return model, Path(resume), state
     else:
-        ckpt.refuse_existing(config)
+        ckpt.check_name_free(config)
     pretrained = checkpoint_config(config).inputs if config.checkpoint else ("rgb",)
     inputs = list(config.inputs or [n for n in pretrained if n != task.target] or ["rgb"])  # never its own target
     modalities = {n: known[n] for n in [*inputs, *([task.target] if task.target else [])]}

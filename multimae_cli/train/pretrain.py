@@ -120,7 +120,7 @@ def _open(config: PretrainConfig, resume, info: DistInfo):
     saved training state."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     if resume is None:
-        ckpt.refuse_existing(config)
+        ckpt.check_name_free(config)
         return create_model(pretrain_model_config(config)), None, {}
     run = Path(resume)
     model, state = ckpt.reopen(run, config, info, load_model)
@@ -175,46 +175,47 @@ def _run(config: PretrainConfig, resume, quiet: bool, device: torch.device, info
     window_start, window_images = time.perf_counter(), 0
     first_loss, last_record = state.get("first_loss"), None
     micro = step * accum
-    with log, bar, stops_saved(save, lambda: step, info, "pretrain", run, device, config.log_every) as stop:
-        sampler.start_at(micro)
-        for batch in loader if step < total_steps else ():
-            batch = to_device(batch, modalities, device, non_blocking=True)
-            masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
-            inputs = {name: batch[name] for name in model_config.inputs}
-            targets = {name: batch[name] for name in objective.sources.values()}
-            last_micro = (micro + 1) % accum == 0
-            accumulating = info.world > 1 and not last_micro  # DDP: all-reduce once per update
-            with trained.no_sync() if accumulating else contextlib.nullcontext():
-                loss, parts = trained(inputs, targets, masks)
-                opt.scaler.scale(loss / accum).backward()
-            micro += 1
-            window.add(step + 1, {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}})
-            window_images += config.batch_size * info.world
-            if not last_micro:
-                continue
-            opt.step(step)
-            step += 1
-            if step % config.log_every == 0 or step == total_steps:
-                window.check(run)
-                record = {"step": step, **average(window.means(), info, device), "lr": opt.lr,
-                          "img_per_s": window_images / (time.perf_counter() - window_start)}
-                first_loss = first_loss if first_loss is not None else record["loss"]
-                last_record = record
-                log.record(record)
-                bar.update(task, completed=step, stats=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                                                      f"{record['img_per_s']:.1f} img/s")
-                window_start, window_images = time.perf_counter(), 0
-            else:
-                bar.update(task, completed=step)
-            if info.is_main and config.preview_every and (step == total_steps or step % config.preview_every == 0):
-                picture = preview(model, held_out or dataset, config, modalities,
-                                  run / "previews" / f"step-{step:06d}.png", device)
-                log.image(step, "preview", picture)
-            if step == total_steps or saves.due(step):
-                save()
-            if step == total_steps:
-                break
-            stop.check(step)
+    with log:  # closed after the held-out scores, which reach the loggers too (outside the stop handling)
+        with bar, stops_saved(save, lambda: step, info, "pretrain", run, device, config.log_every) as stop:
+            sampler.start_at(micro)
+            for batch in loader if step < total_steps else ():
+                batch = to_device(batch, modalities, device, non_blocking=True)
+                masks = micro_batch_masks(model_config, micro, info, config.batch_size, device, config.seed)
+                inputs = {name: batch[name] for name in model_config.inputs}
+                targets = {name: batch[name] for name in objective.sources.values()}
+                last_micro = (micro + 1) % accum == 0
+                accumulating = info.world > 1 and not last_micro  # DDP: all-reduce once per update
+                with trained.no_sync() if accumulating else contextlib.nullcontext():
+                    loss, parts = trained(inputs, targets, masks)
+                    opt.scaler.scale(loss / accum).backward()
+                micro += 1
+                window.add(step + 1, {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}})
+                window_images += config.batch_size * info.world
+                if not last_micro:
+                    continue
+                opt.step(step)
+                step += 1
+                if step % config.log_every == 0 or step == total_steps:
+                    window.check(run)
+                    record = {"step": step, **average(window.means(), info, device), "lr": opt.lr,
+                              "img_per_s": window_images / (time.perf_counter() - window_start)}
+                    first_loss = first_loss if first_loss is not None else record["loss"]
+                    last_record = record
+                    log.record(record)
+                    bar.update(task, completed=step, stats=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                                                          f"{record['img_per_s']:.1f} img/s")
+                    window_start, window_images = time.perf_counter(), 0
+                else:
+                    bar.update(task, completed=step)
+                if info.is_main and config.preview_every and (step == total_steps or step % config.preview_every == 0):
+                    picture = preview(model, held_out or dataset, config, modalities,
+                                      run / "previews" / f"step-{step:06d}.png", device)
+                    log.image(step, "preview", picture)
+                if step == total_steps or saves.due(step):
+                    save()
+                if step == total_steps:
+                    break
+                stop.check(step)
         cross_modal = _held_out_quality(model, held_out, modalities, log, step, device) \
             if info.is_main and last_record is not None and held_out is not None else None
     summary = {"run": str(run), "steps": step, "first_loss": first_loss, "cross_modal": cross_modal,

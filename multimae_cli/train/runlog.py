@@ -55,10 +55,10 @@ class RunLog:
             try:
                 writer = logger.open(run, settings)
             except ImportError as exc:
-                self.close()
+                self._each("close")  # the ones already open
                 raise ConfigError(_not_installed(logger, exc.name)) from None
             if missing(writer, LogWriter):
-                self.close()
+                self._each("close")
                 raise ConfigError(f"loggers: {logger.name}'s writer lacks {', '.join(missing(writer, LogWriter))}")
             self.writers[logger.name] = writer
 
@@ -83,8 +83,7 @@ class RunLog:
 
     def close(self) -> Path | None:
         """Close every logger and draw `curves.png` (None: fewer than two logged steps, or not rank 0)."""
-        for name in list(self.writers):
-            self._call(name, "close")
+        self._each("close")
         self.writers.clear()
         return draw_curves(self.run / "metrics.jsonl", self.run / "curves.png") if self.is_main else None
 
