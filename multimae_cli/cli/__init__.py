@@ -11,7 +11,7 @@ import sys
 import typer
 
 from ..errors import MultiMAEError, one_line
-from . import data, export, features, finetune, info, models, plugins, predict, pretrain, pseudolabel
+from . import data, demo, export, features, finetune, info, models, plugins, predict, pretrain, pseudolabel
 
 try:  # newer typer runs on its own copy of click, whose errors derive from this
     from typer.exceptions import TyperException as CommandLineError
@@ -36,6 +36,7 @@ def build_app() -> typer.Typer:
     finetune.register(app)
     predict.register(app)
     features.register(app)
+    demo.register(app)
     pseudolabel.register(app)
     export.register(app)
     plugins.register(app)

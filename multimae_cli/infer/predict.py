@@ -18,7 +18,7 @@ from ..errors import ConfigError, InputError, MultiMAEError
 from ..io import atomic_write_bytes, write_image
 from ..plugin.modality import Modality
 from .inputs import list_images, read_sample
-from .predictor import CLASSIFICATION, Predictor, find_checkpoint
+from .predictor import CLASSIFICATION, Predictor, find_checkpoint, top_classes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -157,7 +157,7 @@ class _Writer:
         for result in results:
             for name, value in result.outputs.items():
                 if name == CLASSIFICATION:
-                    self.classified[result.key] = _top_classes(value, self.predictor.task_info.get("classes"))
+                    self.classified[result.key] = top_classes(value, self.predictor.task_info.get("classes"))
                     continue
                 data_path, color_path = self.targets[result.key][name]
                 data_path.parent.mkdir(parents=True, exist_ok=True)  # made as needed: a failed run leaves no folders
@@ -169,13 +169,6 @@ class _Writer:
                     self.written.append(str(color_path))
             if result.pictures:
                 self.grid_rows.append(result.pictures)
-
-
-def _top_classes(probabilities, names: Sequence[str] | None, k: int = 5) -> list[dict[str, Any]]:
-    """The `k` most probable classes, by name when the checkpoint knows the class folders."""
-    values, indices = probabilities.topk(min(k, probabilities.numel()))
-    return [{"class": names[i] if names else i, "probability": round(float(p), 6)}
-            for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
 def _needs_picture(modality: Modality) -> bool:

@@ -51,6 +51,13 @@ def working_size(height: int, width: int, model_size: tuple[int, int], multiple:
             max(multiple, round(width * scale / multiple) * multiple))
 
 
+def top_classes(probabilities, names: Sequence[str] | None, k: int = 5) -> list[dict[str, Any]]:
+    """The `k` most probable classes, by name when the checkpoint knows the class folders."""
+    values, indices = probabilities.topk(min(k, probabilities.numel()))
+    return [{"class": names[i] if names else i, "probability": round(float(p), 6)}
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+
+
 @dataclass
 class Prediction:
     """One image's predictions at its own size, in model space (what the decoders output): dense outputs
@@ -59,6 +66,7 @@ class Prediction:
     key: str
     outputs: dict[str, Any]
     pictures: list[tuple[str, Any]] = field(default_factory=list)
+    masks: dict[str, Any] = field(default_factory=dict)  # per masked input, its (rows, cols) token grid, True = hidden
 
 
 class Predictor:
@@ -132,8 +140,13 @@ class Predictor:
         return out
 
     def __call__(self, samples: Sequence[tuple[str, Mapping[str, Any]]], tasks: Sequence[str],
-                 mask_ratio: float = 0.0, seed: int = 0, pictures: bool = False) -> list[Prediction]:
-        """Predict `tasks` for samples `(key, {modality: file-space array})` that share one size."""
+                 mask_ratio: float = 0.0, seed: int = 0, pictures: bool = False,
+                 visible: Mapping[str, int] | None = None, alphas: float | None = None) -> list[Prediction]:
+        """Predict `tasks` for samples `(key, {modality: file-space array})` that share one size.
+
+        Masking: `mask_ratio` hides that share of all input tokens, spread across inputs by Dirichlet budgets
+        (concentration `alphas`, default the model's); `visible` instead keeps exactly that many tokens of each
+        input, at random places. Both are drawn from `seed`."""
         import torch
         import torch.nn.functional as F
 
@@ -146,11 +159,14 @@ class Predictor:
                            self.device)
         if self.task is not None:
             return self._predict_task(samples, inputs, (height, width), pictures)
-        total = len(inputs) * (size[0] // self.config.patch_size) * (size[1] // self.config.patch_size)
-        visible = max(1, round((1 - mask_ratio) * total))
+        per_input = (size[0] // self.config.patch_size) * (size[1] // self.config.patch_size)
+        num_visible = max(1, round((1 - mask_ratio) * len(inputs) * per_input))
+        masked = mask_ratio > 0 or visible is not None
         with torch.inference_mode(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            encoded = self.model.encode(inputs, num_encoded_tokens=visible, mask_inputs=mask_ratio > 0)
+            masks = None if visible is None else self._masks(visible, list(inputs), len(samples), per_input)
+            encoded = self.model.encode(inputs, task_masks=masks, num_encoded_tokens=None if masks else num_visible,
+                                        alphas=alphas, mask_inputs=masked)
             outputs = self.model.decode(encoded, tasks)
         results = []
         for i, (key, _) in enumerate(samples):
@@ -162,13 +178,34 @@ class Predictor:
             row = []
             if pictures:
                 row = [(name, inputs[name][i].cpu()) for name in inputs]
-                if mask_ratio > 0:
+                if masked:
                     drawn = [(f"masked {name}", self._masked_picture(name, inputs[name][i], encoded.masks[name][i],
                                                                      size)) for name in inputs]
                     row += [(title, picture) for title, picture in drawn if picture is not None]
                 row += [(name, outputs[name][i].float().cpu()) for name in tasks]
-            results.append(Prediction(key, {k: v.cpu() for k, v in predicted.items()}, row))
+            grid = (size[0] // self.config.patch_size, size[1] // self.config.patch_size)
+            hidden = {name: encoded.masks[name][i].view(grid).bool().cpu().numpy() for name in inputs} if masked else {}
+            results.append(Prediction(key, {k: v.cpu() for k, v in predicted.items()}, row, hidden))
         return results
+
+    def _masks(self, visible: Mapping[str, int], names: Sequence[str], batch: int, per_input: int) -> dict[str, Any]:
+        """Masks keeping exactly `visible[name]` tokens of each input (1 = masked), at places drawn at random."""
+        import torch
+
+        unknown = [name for name in visible if name not in names]
+        if unknown:
+            raise ConfigError(f"visible tokens given for {', '.join(unknown)}, which is not among the inputs "
+                              f"({', '.join(names)})")
+        masks = {}
+        for name in names:
+            count = visible.get(name, 0)
+            if not 0 <= count <= per_input:
+                raise ConfigError(f"{name}: {count} visible tokens asked, but it has {per_input}")
+            order = torch.rand(batch, per_input).argsort(dim=1)
+            masks[name] = (order >= count).long().to(self.device)
+        if sum(visible.get(name, 0) for name in names) == 0:
+            raise ConfigError("no token left visible: keep at least one token of one input")
+        return masks
 
     def _predict_task(self, samples, inputs, size: tuple[int, int], pictures: bool) -> list[Prediction]:
         """A fine-tuned head's output per sample: class probabilities, or a map at the image's own size."""
