@@ -10,6 +10,11 @@ our workers spends per sample (read, augment, collate), timed in-process on one 
         [--rgb-format jpg]
 Scenes are stored at 256 px: rgb as JPEG (quality 95) like ImageNet's, or as PNG; depth and semseg as PNG.
 `--device cuda` moves each batch of ours to the GPU and normalises it there, as training on a GPU does.
+
+`--shards`: ours from the folder against ours from its shards (`multimae data shard`, 256 MB target: one shard
+here), same files, same transform, alternated as above; the shards read in training's streaming order (shuffle
+buffer 1000), the folder in its random order. Also the shard writer's MB/s and the bytes per sample of both,
+as files hold them (apparent) and as the disk allocates them (blocks).
 """
 
 from __future__ import annotations
@@ -108,8 +113,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="Where ours normalises each batch (training's device).")
     parser.add_argument("--rgb-format", default="jpg", choices=("jpg", "png"),
                         help="rgb files: JPEG as ImageNet (the official pretraining data) or PNG.")
+    parser.add_argument("--shards", action="store_true", help="Folder against shards of the same data.")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.shards:
+        shards_main(args)
+        return
 
     from multimae_cli.data.datasets import collate, make_loader
     from multimae_cli.data.folder import FolderDataset
@@ -146,6 +155,70 @@ def main() -> None:
         "speedup": round(ours_rate / reference_rate, 2), "rounds": args.rounds,
         "ours_worker_ms_per_sample": round(ours_cost, 3),
         "round_speedups": [round(a / b, 2) for a, b in zip(rates["ours"], rates["reference"], strict=True)],
+    }))
+
+
+def disk_bytes(paths: list[Path]) -> tuple[int, int]:
+    """(apparent bytes, allocated bytes) of files."""
+    stats = [path.stat() for path in paths]
+    return sum(s.st_size for s in stats), sum(s.st_blocks * 512 for s in stats)
+
+
+def shards_main(args) -> None:
+    from multimae_cli.data.datasets import make_loader
+    from multimae_cli.data.folder import FolderDataset
+    from multimae_cli.data.shards import ShardDataset, ShardSampler, write_shards
+    from multimae_cli.data.synthetic.io import MODALITIES, write_synthetic
+    from multimae_cli.data.transforms import MultiModalTransform, to_device
+    from multimae_cli.plugin.registry import get_registry
+    from multimae_cli.train.distributed import DistInfo, EpochSampler
+
+    registry = get_registry()
+    all_modalities = {name: registry.modality(name) for name in MODALITIES}
+    modalities = {name: all_modalities[name] for name in ("rgb", "depth", "semseg")}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "folder"
+        write_synthetic(root, args.n, (256, 256), all_modalities, workers=args.workers, rgb_format=args.rgb_format)
+        written = write_shards(root, Path(tmp) / "shards", modalities, shard_bytes=256_000_000)
+        transform = MultiModalTransform(modalities, args.size)
+        datasets = {"folder": FolderDataset(root, modalities, transform=transform),
+                    "shards": ShardDataset(Path(tmp) / "shards", modalities, transform=transform)}
+        costs = {name: worker_cost(dataset, args.batch) for name, dataset in datasets.items()}
+        sampler = ShardSampler(datasets["shards"], args.batch, 0, 1, seed=0, buffer=1000)
+        folder_order = EpochSampler(len(datasets["folder"]), args.batch, DistInfo(), seed=0)  # training's sampler
+        loaders = {"folder": make_loader(datasets["folder"], args.batch, sampler=folder_order, workers=args.workers),
+                   "shards": make_loader(datasets["shards"], args.batch, sampler=sampler, workers=args.workers)}
+        iterators = {name: iter(loader) for name, loader in loaders.items()}  # one per run, as training
+        epoch = sampler.batches_per_epoch * args.batch
+
+        def rate(name: str) -> float:  # two epochs' worth, from the run's one iterator
+            start, count = time.perf_counter(), 0
+            for _ in range(2 * epoch // args.batch):
+                count += touch(to_device(next(iterators[name]), modalities, args.device))
+            return count / (time.perf_counter() - start)
+
+        for name in loaders:
+            rate(name)  # warm-up: worker start, file cache
+        rates: dict[str, list[float]] = {name: [] for name in loaders}
+        for round_ in range(args.rounds):
+            for name in (("folder", "shards") if round_ % 2 == 0 else ("shards", "folder")):
+                rates[name].append(rate(name))
+        folder_files = [p for name in modalities for p in (root / "train" / name).rglob("*") if p.is_file()]
+        folder_bytes = disk_bytes(folder_files)
+        shard_bytes = disk_bytes(sorted((Path(tmp) / "shards").glob("*.tar")))
+    folder_rate, shard_rate = (statistics.median(rates[name]) for name in ("folder", "shards"))
+    print(json.dumps({
+        "benchmark": "loader-shards", "samples": args.n, "size": args.size, "workers": args.workers,
+        "batch": args.batch, "rgb_format": args.rgb_format, "rounds": args.rounds,
+        "folder_samples_per_s": round(folder_rate, 1), "shards_samples_per_s": round(shard_rate, 1),
+        "ratio": round(shard_rate / folder_rate, 2),
+        "round_ratios": [round(a / b, 2) for a, b in zip(rates["shards"], rates["folder"], strict=True)],
+        "worker_ms_per_sample": {name: round(cost, 3) for name, cost in costs.items()},
+        "writer_mb_per_s": written["mb_per_s"],
+        "bytes_per_sample": {"folder_apparent": folder_bytes[0] // args.n,
+                             "folder_allocated": folder_bytes[1] // args.n,
+                             "shards_apparent": shard_bytes[0] // args.n,
+                             "shards_allocated": shard_bytes[1] // args.n},
     }))
 
 

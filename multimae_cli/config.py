@@ -139,6 +139,9 @@ class DataConfig(BaseModel):
     render_size: Count | None = None
     workers: Amount | Literal["auto"] = "auto"  # DataLoader processes; auto: see data.datasets.loader_workers
     skip_bad: bool = False
+    # Shard folders (`multimae data shard`): samples pass a shuffle buffer this large, shard by shard; 0 reads in
+    # the folder's random order instead (random access: the same batches as the folder gives)
+    shuffle_buffer: Amount = 1000
     crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.2, 1.0)
     hflip: Probability = 0.5
 

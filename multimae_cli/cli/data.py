@@ -1,4 +1,4 @@
-"""`multimae data synth` and `multimae data check`."""
+"""`multimae data synth`, `multimae data check` and `multimae data shard`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 8:
         raise ConfigError(f"--size: expected N or HxW of at least 8 pixels, got {text!r}")
     return parts[0], parts[1]
+
+
+def parse_bytes(text: str) -> int:
+    """`256MB`, `1.5GB`, `500k`, `4096` (bytes; decimal units)."""
+    units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9}
+    number = text.strip().lower().rstrip("abgkm")
+    unit = text.strip().lower()[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise ConfigError(f"--shard-size: expected a size such as 256MB or 1GB, got {text!r}") from None
+    return int(value)
 
 
 def parse_modalities(text: str) -> dict:
@@ -103,3 +115,36 @@ def register(app: typer.Typer) -> None:
             typer.echo("clean" if report["clean"] else "problems found")
         if not report["clean"]:
             raise typer.Exit(1)
+
+    @data.command("shard")
+    def shard_command(
+        root: Path = typer.Argument(..., help="Dataset folder (root/<split>/<modality>/...)."),
+        out: Path = typer.Option(..., "--out", help="The shard folder to make (must not exist)."),
+        modalities: str = typer.Option("rgb,depth,semseg", "--modalities"),
+        shard_size: str = typer.Option("256MB", "--shard-size", help="Target size of one shard (e.g. 256MB, 1GB)."),
+        split: list[str] = typer.Option(None, "--split", help="Pack only this split (repeatable; default: all)."),
+        skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out (and list) samples with a bad file."),
+        quiet: bool = typer.Option(False, "--quiet"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Pack a dataset folder into tar shards (the webdataset layout) that training streams: few large files
+        instead of several small ones per sample. Every file is read (checked) and stored as it is."""
+        size = parse_bytes(shard_size)
+        chosen = parse_modalities(modalities)
+        from ..data.shards import write_shards
+        from .output import progress
+
+        with progress(quiet or as_json) as bar:
+            handle = bar.add_task("sharding", total=None)
+            summary = write_shards(root, out, chosen, size, split or None, skip_bad,
+                                   lambda done, total: bar.update(handle, advance=done, total=total))
+        if as_json:
+            typer.echo(json.dumps(summary))
+        elif not quiet:
+            for name, counts in summary["splits"].items():
+                typer.echo(f"{name}: {counts['samples']} samples in {counts['shards']} shard(s), "
+                           f"{counts['bytes'] / 1e6:.1f} MB")
+            skipped = f", {summary['skipped']} sample(s) skipped" if summary["skipped"] else ""
+            typer.echo(f"-> {summary['out']} ({summary['mb_per_s']} MB/s{skipped})")
+            for line in summary["skipped_files"][:20]:
+                typer.echo(f"  skipped: {line}")

@@ -7,20 +7,16 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..plugin.modality import Modality
-from .folder import frame_problems, read_checked, scan_split
-
-
-def find_splits(root: Path, modalities: Mapping[str, Modality]) -> list[str]:
-    """Subfolders of `root` that hold at least one of the modality folders."""
-    if not root.is_dir():
-        raise InputError(f"{root}: no such folder")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / m).is_dir() for m in modalities))
+from .folder import find_splits, frame_problems, read_checked, scan_split
+from .shards import check_shards, is_shards
 
 
 def check_dataset(root: str | Path, modalities: Mapping[str, Modality], splits: list[str] | None = None) -> dict:
     """A report per split: counts, missing and extra files, unreadable files, shape problems. `clean` says
     whether nothing at all was found wrong."""
     root = Path(root)
+    if is_shards(root):
+        return check_shards(root, modalities, splits)
     splits = splits or find_splits(root, modalities)
     if not splits:
         raise InputError(f"{root}: no split folder with any of {', '.join(modalities)} (expected "

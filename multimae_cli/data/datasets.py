@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,7 +12,8 @@ import torch
 from ..config import workers_setting
 from ..errors import ConfigError
 from ..plugin.modality import Modality
-from .folder import epoch_and_index
+from .folder import FolderDataset, epoch_and_index
+from .shards import ShardDataset, is_shards, read_index
 from .synthetic.scenes import render_scene
 
 
@@ -48,6 +50,17 @@ class SyntheticDataset:
         if self.transform is None:
             return sample
         return self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
+
+
+def open_dataset(path: str | Path, modalities: Mapping[str, Modality], split: str = "train", transform=None,
+                 skip_bad: bool = False, seed: int = 0) -> FolderDataset | ShardDataset:
+    """A split of the dataset at `path`: a shard folder (`multimae data shard`) or a multi-modal folder."""
+    kind = ShardDataset if is_shards(path) else FolderDataset
+    return kind(path, modalities, split=split, transform=transform, skip_bad=skip_bad, seed=seed)
+
+
+def has_split(path: str | Path, split: str) -> bool:
+    return split in read_index(path)["splits"] if is_shards(path) else (Path(path) / split).is_dir()
 
 
 def collate(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

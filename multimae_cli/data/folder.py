@@ -132,6 +132,13 @@ def read_checked(path: Path, modality: Modality, classes: int | None = None) -> 
     return array
 
 
+def find_splits(root: Path, modalities: Mapping[str, Modality]) -> list[str]:
+    """Subfolders of `root` that hold at least one of the modality folders."""
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / m).is_dir() for m in modalities))
+
+
 def frame_problems(shapes: Mapping[str, tuple[Path, tuple[int, int]]]) -> list[str]:
     """Files of one sample (`modality -> (path, (height, width))`) that do not show the first modality's picture
     at some resolution: their aspect differs by more than a pixel."""
@@ -177,6 +184,14 @@ class FolderDataset:
 
     def __len__(self) -> int:
         return len(self.index.keys)
+
+    @property
+    def root(self) -> Path:
+        return self.index.root
+
+    def key(self, index: int) -> str:
+        """Sample `index`'s key: its path under each modality folder, without suffix (`<class>/<name>`)."""
+        return self.index.keys[index]
 
     def read(self, index: int) -> dict[str, np.ndarray]:
         key = self.index.keys[index]

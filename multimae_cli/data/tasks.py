@@ -15,9 +15,9 @@ import torch
 from ..config import FinetuneConfig
 from ..errors import InputError
 from ..plugin.task import Task
-from .datasets import SyntheticDataset
-from .folder import FolderDataset, epoch_and_index
+from .datasets import SyntheticDataset, open_dataset
 from .folder import declared_classes as listed_classes
+from .folder import epoch_and_index
 from .transforms import MultiModalTransform, to_tensor
 
 TARGET = "target"
@@ -69,7 +69,7 @@ class TaskDataset:
             self._check_labels(raw[self.task.target], index)
         out = self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
         if self.task.target is None:
-            out[TARGET] = torch.tensor(self.classes.index(self.source.index.keys[index].split("/")[0]))
+            out[TARGET] = torch.tensor(self.classes.index(self.source.key(index).split("/")[0]))
         elif not self.train:
             out[TARGET] = to_tensor(raw[self.task.target], self.target_modality)
         return out
@@ -77,12 +77,12 @@ class TaskDataset:
 
 def class_names(source) -> list[str]:
     """Class folders of a folder dataset (the first part of every sample key), sorted."""
-    if not hasattr(source, "index"):
+    if not hasattr(source, "key"):
         raise InputError("classification reads class folders: give a folder dataset (--data DIR holding "
-                         "DIR/<split>/<modality>/<class>/<name>.<ext>); synthetic scenes have no classes")
-    names = sorted({key.split("/")[0] for key in source.index.keys if "/" in key})
+                         "DIR/<split>/<modality>/<class>/<name>.<ext>) or its shards; synthetic scenes have no classes")
+    names = sorted({key.split("/")[0] for key in map(source.key, range(len(source))) if "/" in key})
     if len(names) < 2:
-        raise InputError(f"{source.index.root}: classification needs samples in class folders "
+        raise InputError(f"{source.root}: classification needs samples in class folders "
                          f"(<modality>/<class>/<name>), found {len(names)} class(es)")
     return names
 
@@ -106,7 +106,7 @@ def build_source(config: FinetuneConfig, modalities: dict, split: str, train: bo
         size = data.render_size or max(config_size(config))
         length = data.synthetic_scenes if train else data.val_scenes
         return SyntheticDataset(modalities, length, size, seed=split_seed(config.seed, split))
-    return FolderDataset(data.path, modalities, split=split, skip_bad=data.skip_bad, seed=config.seed)
+    return open_dataset(data.path, modalities, split=split, skip_bad=data.skip_bad, seed=config.seed)
 
 
 def config_size(config: FinetuneConfig) -> tuple[int, int]:

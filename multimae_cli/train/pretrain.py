@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from ..config import PretrainConfig
-from ..data.datasets import SyntheticDataset, loader_workers
-from ..data.folder import FolderDataset
+from ..data.datasets import SyntheticDataset, has_split, loader_workers, open_dataset
 from ..data.transforms import MultiModalTransform, to_device
 from ..formats.load import load_model
 from ..model.losses import PretrainStep
@@ -38,8 +37,8 @@ def build_dataset(config: PretrainConfig, modalities: dict, image_size: tuple[in
     if config.data.source == "synthetic":
         render = config.data.render_size or image_size
         return SyntheticDataset(modalities, config.data.synthetic_scenes, render, transform, seed=config.seed)
-    return FolderDataset(config.data.path, modalities, split=config.data.split, transform=transform,
-                         skip_bad=config.data.skip_bad, seed=config.seed)
+    return open_dataset(config.data.path, modalities, split=config.data.split, transform=transform,
+                        skip_bad=config.data.skip_bad, seed=config.seed)
 
 
 def micro_batch_masks(model_config, micro_batch: int, info: DistInfo, batch_size: int,
@@ -105,8 +104,8 @@ def held_out_dataset(config: PretrainConfig, modalities: dict, image_size):
     if config.data.source == "synthetic":
         render = config.data.render_size or image_size
         return SyntheticDataset(modalities, config.data.val_scenes, render, seed=split_seed(config.seed, "val"))
-    if (Path(config.data.path) / "val").is_dir():
-        return FolderDataset(config.data.path, modalities, split="val", skip_bad=config.data.skip_bad)
+    if has_split(config.data.path, "val"):
+        return open_dataset(config.data.path, modalities, split="val", skip_bad=config.data.skip_bad)
     return None
 
 

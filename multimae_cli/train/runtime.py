@@ -199,7 +199,12 @@ def epoch_loader(dataset, config: RunConfig, info: DistInfo, device: torch.devic
     """The loop's sampler (this rank's share of each epoch's order, a function of the seed; `start_at` resumes
     mid-epoch) and the loader that feeds it."""
     from ..data.datasets import make_loader
+    from ..data.shards import ShardDataset, ShardSampler
 
-    sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
+    if isinstance(dataset, ShardDataset) and config.data.shuffle_buffer > 0:
+        sampler = ShardSampler(dataset, config.batch_size, info.rank, info.world, config.seed,
+                               config.data.shuffle_buffer)
+    else:
+        sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
     return sampler, make_loader(dataset, config.batch_size, sampler=sampler, workers=workers,
                                 pin_memory=device.type == "cuda")

@@ -1,0 +1,403 @@
+"""Sharded datasets: a multi-modal folder packed into tar shards (the webdataset layout), read without unpacking.
+
+`multimae data shard ROOT --out SHARDS/` writes each split as `<split>-NNNNNN.tar` files of about a target size:
+the samples in the folder's sorted key order, each sample's files side by side as `<index>.<modality><suffix>`
+(their original bytes, nothing re-encoded), beside `<split>-NNNNNN.json` (each sample's key and byte offset),
+`index.json` (splits, shards, sample counts, modalities) and the folder's `dataset.json`. Any tar reader, and
+webdataset, reads the shards as they are.
+
+`ShardDataset` is a `FolderDataset` over shards: item `i` is the folder's sample `i`, read at its offset, with the
+same augmentation (a function of seed, epoch, index). `ShardSampler` gives training its streaming order: each
+epoch the shards are shuffled by (seed, epoch) and dealt to the ranks, and each rank's samples pass through a
+shuffle buffer seeded by (seed, epoch, rank), so reads stay within a window of a few shards. The order is a
+pure function of the seed, computed from the index alone: a resumed run starts at its batch without reading
+what came before, and the order does not depend on the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import random
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..io import atomic_write_bytes, writing
+from ..plugin.modality import Modality
+from .folder import epoch_and_index, find_splits, frame_problems, read_checked, scan_split
+
+INDEX = "index.json"
+FORMAT = "multimae-shards"
+BLOCK = 512
+
+
+def is_shards(path: str | Path | None) -> bool:
+    """Whether `path` is a folder written by `write_shards`."""
+    return path is not None and (Path(path) / INDEX).is_file()
+
+
+def read_index(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / INDEX
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (not a shard folder: make one with `multimae data shard`)") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("splits"), dict):
+        raise InputError(f"{path}: not a multimae shard index (format {FORMAT!r})")
+    return index
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write_shards(root: str | Path, out: str | Path, modalities: Mapping[str, Modality], shard_bytes: int,
+                 splits: list[str] | None = None, skip_bad: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Pack the folder dataset `root` into shards under `out` (which must not exist: it appears whole or not at
+    all). Every file is read by its plugin first, so a bad file stops the run naming it (`skip_bad`: the sample
+    is left out and listed)."""
+    root, out = Path(root), Path(out)
+    if out.exists():
+        raise InputError(f"--out {out}: already exists; give a new folder")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    if shard_bytes < BLOCK * 4:
+        raise InputError(f"--shard-size must be at least {BLOCK * 4} bytes, got {shard_bytes}")
+    splits = splits or find_splits(root, modalities)
+    if not splits:
+        raise InputError(f"{root}: no split folder with any of {', '.join(modalities)}")
+    scanned = {split: scan_split(root / split, modalities) for split in splits}
+    total = sum(len(index.keys) for index in scanned.values())
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    started, written, skipped = time.perf_counter(), 0, []
+    try:
+        index: dict[str, Any] = {"format": FORMAT, "version": 1, "modalities": list(modalities), "splits": {}}
+        for split, found in scanned.items():
+            if found.missing and not skip_bad:
+                name, keys = next(iter(found.missing.items()))
+                raise InputError(f"{found.root / name}: no file for {keys[0]!r} (pass --skip-bad to leave such "
+                                 "samples out)")
+            writer = _ShardWriter(staging, split, shard_bytes)
+            for key in found.keys:
+                files = {name: found.files[name][key] for name in modalities}
+                try:
+                    shapes = {name: (path, read_checked(path, modalities[name], found.classes).shape[:2])
+                              for name, path in files.items()}
+                    problems = frame_problems(shapes)
+                    if problems:
+                        raise InputError(problems[0])
+                except InputError as exc:
+                    if not skip_bad:
+                        raise
+                    skipped.append(str(exc))
+                else:
+                    writer.add(key, {name: (path.suffix.lower(), path.read_bytes()) for name, path in files.items()})
+                if progress:
+                    progress(1, total)
+            index["splits"][split] = writer.close()
+            written += index["splits"][split]["bytes"]
+        dataset_json = root / "dataset.json"
+        if dataset_json.is_file():
+            shutil.copyfile(dataset_json, staging / "dataset.json")
+            index["dataset"] = json.loads(dataset_json.read_text())
+        atomic_write_bytes(staging / INDEX, json.dumps(index, indent=1).encode())
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+    counts = {split: {"samples": info["samples"], "shards": len(info["shards"]), "bytes": info["bytes"]}
+              for split, info in index["splits"].items()}
+    return {"out": str(out), "splits": counts, "bytes": written, "seconds": round(seconds, 2),
+            "mb_per_s": round(written / 1e6 / max(seconds, 1e-9), 1), "skipped": len(skipped),
+            "skipped_files": skipped}
+
+
+class _ShardWriter:
+    """Appends samples to `<split>-NNNNNN.tar`, starting a new shard past the target size."""
+
+    def __init__(self, folder: Path, split: str, shard_bytes: int) -> None:
+        self.folder, self.split, self.shard_bytes = folder, split, shard_bytes
+        self.shards: list[dict[str, Any]] = []
+        self.count = 0
+        self.file = None
+
+    def add(self, key: str, members: Mapping[str, tuple[str, bytes]]) -> None:
+        if self.file is None or self.file.tell() >= self.shard_bytes:
+            self._finish()
+            name = f"{self.split}-{len(self.shards):06d}.tar"
+            self.path = self.folder / name
+            with writing(self.path):
+                self.file = open(self.path, "wb")  # noqa: SIM115 (closed in _finish)
+            self.shards.append({"file": name, "samples": 0, "bytes": 0, "first": self.count})
+            self.keys, self.offsets = [], []
+        self.keys.append(key)
+        self.offsets.append(self.file.tell())
+        with writing(self.path):
+            for modality, (suffix, data) in members.items():
+                info = tarfile.TarInfo(f"{self.count:09d}.{modality}{suffix}")
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                self.file.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+                self.file.write(data + bytes(-len(data) % BLOCK))
+        self.shards[-1]["samples"] += 1
+        self.count += 1
+
+    def _finish(self) -> None:
+        if self.file is None:
+            return
+        with writing(self.path):
+            self.file.write(bytes(2 * BLOCK))  # the end-of-archive marker
+            self.shards[-1]["bytes"] = self.file.tell()
+            self.file.close()
+        sidecar = self.path.with_suffix(".json")
+        atomic_write_bytes(sidecar, json.dumps({"keys": self.keys, "offsets": self.offsets}).encode())
+        self.file = None
+
+    def close(self) -> dict[str, Any]:
+        self._finish()
+        return {"samples": self.count, "bytes": sum(s["bytes"] for s in self.shards), "shards": self.shards}
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+class ShardDataset:
+    """The samples of one split of a shard folder, indexable like `FolderDataset` (same items, same keys in the
+    same order, same augmentation). Each process opens the shards it reads once and keeps them open."""
+
+    def __init__(self, root: str | Path, modalities: Mapping[str, Modality], split: str = "train",
+                 transform=None, skip_bad: bool = False, seed: int = 0) -> None:
+        self.root, self.modalities = Path(root), dict(modalities)
+        index = read_index(self.root)
+        if split not in index["splits"]:
+            raise InputError(f"{self.root / INDEX}: no split {split!r} (splits: {', '.join(index['splits'])})")
+        missing = [name for name in self.modalities if name not in index["modalities"]]
+        if missing:
+            raise InputError(f"{self.root / INDEX}: the shards hold no {', '.join(missing)} (they hold "
+                             f"{', '.join(index['modalities'])})")
+        self.split, self.stored = split, len(index["modalities"])
+        self.shards = index["splits"][split]["shards"]
+        self.firsts = [shard["first"] for shard in self.shards]
+        self.length = index["splits"][split]["samples"]
+        classes = (index.get("dataset") or {}).get("classes")
+        self.classes = len(classes) if isinstance(classes, list) else None
+        self.transform, self.skip_bad, self.seed, self.skipped = transform, skip_bad, seed, 0
+        if not self.length:
+            raise InputError(f"{self.root / INDEX}: split {split!r} has no samples")
+        self._open: dict[int, Any] = {}
+        self._sidecars: dict[int, dict[str, list]] = {}
+        self._scratch: dict | None = None  # per process: not carried into loader workers
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getstate__(self) -> dict[str, Any]:  # loader workers open their own files
+        return {**self.__dict__, "_open": {}, "_scratch": None}
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(shard number, position in the shard) of sample `index`."""
+        shard = bisect.bisect_right(self.firsts, index) - 1
+        return shard, index - self.firsts[shard]
+
+    def key(self, index: int) -> str:
+        shard, position = self.locate(index)
+        return self._sidecar(shard)["keys"][position]
+
+    def _sidecar(self, shard: int) -> dict[str, list]:
+        if shard not in self._sidecars:
+            path = (self.root / self.shards[shard]["file"]).with_suffix(".json")
+            try:
+                self._sidecars[shard] = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{path}: unreadable shard index ({exc})") from None
+        return self._sidecars[shard]
+
+    def members(self, index: int) -> dict[str, tuple[str, bytes]]:
+        """The stored files of sample `index`: modality -> (suffix, bytes), as written."""
+        shard, position = self.locate(index)
+        path = self.root / self.shards[shard]["file"]
+        if shard not in self._open:
+            try:
+                self._open[shard] = open(path, "rb")  # noqa: SIM115 (kept open for the process's life)
+            except OSError as exc:
+                raise InputError(f"{path}: cannot open ({exc.strerror})") from None
+        file = self._open[shard]
+        file.seek(self._sidecar(shard)["offsets"][position])
+        out = {}
+        stem = f"{index:09d}."
+        for _ in range(self.stored):
+            name, size = _member_header(file.read(BLOCK))
+            modality, dot, suffix = name[len(stem):].partition(".")
+            if not name.startswith(stem) or size < 0:
+                raise InputError(f"{path}: damaged shard (sample {index} should be at byte "
+                                 f"{self._sidecar(shard)['offsets'][position]})")
+            if modality in self.modalities:
+                out[modality] = (dot + suffix, file.read(size))
+                file.seek(-size % BLOCK, os.SEEK_CUR)
+            else:
+                file.seek(size + -size % BLOCK, os.SEEK_CUR)
+        return out
+
+    def read(self, index: int) -> dict[str, np.ndarray]:
+        """Sample `index` decoded by the plugins' `read`, from a scratch file each (a plugin reads files)."""
+        sample, shapes = {}, {}
+        shard = f"{self.root}/{self.shards[self.locate(index)[0]]['file']}: {self.key(index)}"
+        for name, (suffix, data) in self.members(index).items():
+            path = self._scratch_file(name, suffix)
+            with open(path, "wb") as file:
+                file.write(data)
+            try:
+                sample[name] = read_checked(path, self.modalities[name], self.classes)
+            except InputError as exc:
+                raise InputError(f"{shard} {name}{suffix}: {str(exc).split(': ', 1)[-1]}") from None
+            shapes[name] = (f"{shard} {name}{suffix}", sample[name].shape[:2])
+        problems = frame_problems(shapes)
+        if problems:
+            raise InputError(problems[0])
+        return sample
+
+    def _scratch_file(self, name: str, suffix: str) -> Path:
+        """Where a member is put for its plugin to read: one file per modality and suffix in this process's
+        scratch folder (in memory where /dev/shm is), removed at exit."""
+        if self._scratch is None:
+            base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+            folder = Path(tempfile.mkdtemp(prefix="multimae-shard-", dir=base))
+            import atexit
+
+            atexit.register(shutil.rmtree, folder, True)
+            self._scratch = {"folder": folder}
+        path = self._scratch.get((name, suffix))
+        if path is None:
+            path = self._scratch[(name, suffix)] = self._scratch["folder"] / f"{name}{suffix}"
+        return path
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        epoch, index = epoch_and_index(item)
+        for attempt in range(len(self)):
+            try:
+                sample = self.read((index + attempt) % len(self))
+                break
+            except InputError:
+                if not self.skip_bad:
+                    raise
+                self.skipped += 1
+        else:
+            raise InputError(f"{self.root}: no readable sample")
+        if self.transform is None:
+            return sample
+        return self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
+
+
+def _member_header(header: bytes) -> tuple[str, int]:
+    """(name, size) of a ustar header as `_ShardWriter` writes them; size -1 when it is not one (tarfile's own
+    parser checks more and costs a tenth of a sample's decoding)."""
+    if len(header) != BLOCK or header[257:262] != b"ustar":
+        return "", -1
+    try:
+        return header[:100].rstrip(b"\0").decode(), int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+    except (UnicodeDecodeError, ValueError):
+        return "", -1
+
+
+# ---------------------------------------------------------------------------------------------- order
+
+
+class ShardSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """`(epoch, index)` items in streaming order, epoch after epoch, from a start batch of the run on (the
+    interface of `EpochSampler`). Each epoch: shards permuted by (seed, epoch), dealt round-robin to the ranks;
+    a rank's samples, shard after shard, pass a shuffle buffer of `buffer` samples seeded by (seed, epoch, rank).
+    Every rank takes the same number of batches: `len // (batch * world)`; a rank whose shards hold fewer samples
+    continues with the next shards of the epoch's order, one with more leaves its last samples for later epochs."""
+
+    def __init__(self, dataset: ShardDataset, batch_size: int, rank: int, world: int, seed: int,
+                 buffer: int) -> None:
+        self.batch_size, self.rank, self.world, self.seed, self.buffer = batch_size, rank, world, seed, max(1, buffer)
+        self.counts = [shard["samples"] for shard in dataset.shards]
+        self.firsts = dataset.firsts
+        self.start = 0
+        if self.batches_per_epoch == 0:
+            raise InputError(f"the dataset has {sum(self.counts)} samples, fewer than one global batch of "
+                             f"{batch_size * world}")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return sum(self.counts) // (self.batch_size * self.world)
+
+    def start_at(self, position: int) -> None:
+        """Begin at global batch `position` of the run (counted over all epochs)."""
+        self.start = position
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """This rank's samples of `epoch`, in order (a pure function of seed, epoch and rank)."""
+        shards = np.random.default_rng([self.seed, epoch]).permutation(len(self.counts)).tolist()
+        mine = shards[self.rank::self.world] + [s for i, s in enumerate(shards) if i % self.world != self.rank]
+        need = self.batches_per_epoch * self.batch_size
+        stream = (self.firsts[s] + i for s in mine for i in range(self.counts[s]))
+        rng, pool, order = random.Random(f"{self.seed}-{epoch}-{self.rank}"), [], []
+        for index in stream:
+            pool.append(index)
+            if len(pool) >= self.buffer:
+                order.append(_draw(pool, rng))
+                if len(order) == need:
+                    return order
+        while pool and len(order) < need:
+            order.append(_draw(pool, rng))
+        return order
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, first = divmod(self.start, self.batches_per_epoch)
+        while True:
+            order = self.epoch_order(epoch)
+            yield from ((epoch, index) for index in order[first * self.batch_size:])
+            epoch, first = epoch + 1, 0
+
+
+def _draw(pool: list[int], rng: random.Random) -> int:
+    """Take a uniformly chosen element out of the shuffle buffer."""
+    i = rng.randrange(len(pool))
+    pool[i], pool[-1] = pool[-1], pool[i]
+    return pool.pop()
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+
+def check_shards(root: str | Path, modalities: Mapping[str, Modality], splits: list[str] | None = None) -> dict:
+    """`data check` on a shard folder: the index against the files, and every sample decoded."""
+    root = Path(root)
+    index = read_index(root)
+    report: dict = {"root": str(root), "modalities": list(modalities), "splits": {}, "format": "shards"}
+    for split in splits or sorted(index["splits"]):
+        problems: list[str] = []
+        try:
+            dataset = ShardDataset(root, modalities, split)
+        except InputError as exc:
+            report["splits"][split] = {"samples": 0, "problems": [str(exc)]}
+            continue
+        for shard in dataset.shards:
+            path = root / shard["file"]
+            size = path.stat().st_size if path.is_file() else None
+            if size != shard["bytes"]:
+                problems.append(f"{path}: {'missing' if size is None else f'{size} bytes'}, the index says "
+                                f"{shard['bytes']}")
+        if not problems:
+            for i in range(len(dataset)):
+                try:
+                    dataset.read(i)
+                except InputError as exc:
+                    problems.append(str(exc))
+        report["splits"][split] = {"samples": len(dataset), "shards": len(dataset.shards), "problems": problems}
+    report["clean"] = all(not s["problems"] for s in report["splits"].values())
+    return report
