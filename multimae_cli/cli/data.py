@@ -116,6 +116,10 @@ def register(app: typer.Typer) -> None:
         if not report["clean"]:
             raise typer.Exit(1)
 
+    _add_shard_command(data)
+
+
+def _add_shard_command(data: typer.Typer) -> None:
     @data.command("shard")
     def shard_command(
         root: Path = typer.Argument(..., help="Dataset folder (root/<split>/<modality>/...)."),
