@@ -32,24 +32,36 @@ def as_path(path: str | Path) -> Path:
     return path if isinstance(path, Path) else Path(path)
 
 
+def file_bytes(path: str | Path) -> np.ndarray:
+    """A file's bytes as a uint8 array (what the `decode_*` functions take); a missing file is one line."""
+    import numpy as np
+
+    try:  # no separate existence check: one system call fewer per file in the loader's hot loop
+        return np.fromfile(as_path(path), dtype=np.uint8)
+    except (FileNotFoundError, IsADirectoryError):
+        raise InputError(f"{path}: no such file") from None
+
+
 def read_image(path: str | Path, color: bool) -> np.ndarray:
     """Decode an 8/16-bit PNG, JPEG, ... as stored: colour images as RGB (H, W, 3), else (H, W)."""
+    return decode_image(file_bytes(path), path, color)
+
+
+def decode_image(data: bytes | np.ndarray, name: str | Path, color: bool) -> np.ndarray:
+    """`read_image` of a file's bytes; `name` (the file's, or a shard member's) gives the format's suffix and
+    names the file in errors."""
     import cv2
     import numpy as np
 
     _silence_opencv()
-    path = as_path(path)
-    try:  # no separate existence check: one system call fewer per file in the loader's hot loop
-        data = np.fromfile(path, dtype=np.uint8)
-    except (FileNotFoundError, IsADirectoryError):
-        raise InputError(f"{path}: no such file") from None
-    if path.suffix.lower() in (".jpg", ".jpeg") and data[-2:].tobytes() != b"\xff\xd9":
-        raise InputError(f"{path}: truncated JPEG (no end-of-image marker)")
+    data = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
+    if str(name).lower().endswith((".jpg", ".jpeg")) and data[-2:].tobytes() != b"\xff\xd9":
+        raise InputError(f"{name}: truncated JPEG (no end-of-image marker)")
     rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
     flag = (rgb_flag or cv2.IMREAD_COLOR) if color else cv2.IMREAD_UNCHANGED
     image = cv2.imdecode(data, flag) if data.size else None
     if image is None:
-        raise InputError(f"{path}: not a readable image (corrupt, truncated or of an unknown format)")
+        raise InputError(f"{name}: not a readable image (corrupt, truncated or of an unknown format)")
     if color and rgb_flag is None:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
@@ -66,6 +78,18 @@ def read_array(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: no such file") from None
     except ValueError as exc:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def decode_array(data: bytes | np.ndarray, name: str | Path) -> np.ndarray:
+    """`read_array` of a file's bytes."""
+    import io as stdio
+
+    import numpy as np
+
+    try:
+        return np.load(stdio.BytesIO(bytes(data)), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise InputError(f"{name}: not a readable .npy array ({exc})") from None
 
 
 def _umask_mode() -> int:
@@ -242,20 +266,21 @@ def _png_chunks(data: bytes):
 def read_labels(path: str | Path) -> np.ndarray:
     """A label map as stored: palette PNGs give their palette indices (OpenCV alone would give colours),
     other images their single channel."""
+    return decode_labels(file_bytes(path), path)
+
+
+def decode_labels(data: bytes | np.ndarray, name: str | Path) -> np.ndarray:
+    """`read_labels` of a file's bytes."""
     import numpy as np
 
-    path = as_path(path)
-    try:
-        data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        raise InputError(f"{path}: no such file") from None
+    data = data.tobytes() if isinstance(data, np.ndarray) else data
     if not data.startswith(_PNG_SIGNATURE) or data[25:26] != b"\x03":  # IHDR colour type 3: palette
-        return read_image(path, color=False)
+        return decode_image(data, name, color=False)
     chunks = list(_png_chunks(data))
     header = next((payload for kind, payload in chunks if kind == b"IHDR"), b"")
     palette = next((payload for kind, payload in chunks if kind == b"PLTE"), b"")
     if len(header) != 13 or not palette:
-        raise InputError(f"{path}: not a readable image (palette PNG without header or palette)")
+        raise InputError(f"{name}: not a readable image (palette PNG without header or palette)")
     width, height = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
     if header[8] == 8 and header[12] == 0:  # 8-bit, not interlaced: unfiltered rows are the indices
         import zlib
@@ -263,22 +288,22 @@ def read_labels(path: str | Path) -> np.ndarray:
         try:
             raw = zlib.decompress(b"".join(payload for kind, payload in chunks if kind == b"IDAT"))
         except zlib.error:
-            raise InputError(f"{path}: not a readable image (corrupt PNG data)") from None
+            raise InputError(f"{name}: not a readable image (corrupt PNG data)") from None
         if len(raw) == height * (width + 1):
             rows = np.frombuffer(raw, np.uint8).reshape(height, width + 1)
             if not rows[:, 0].any():
                 return rows[:, 1:].copy()
-    colours = read_image(path, color=True).astype(np.int32)  # other encoders: map colours back to indices
+    colours = decode_image(data, name, color=True).astype(np.int32)  # other encoders: map colours back to indices
     table = np.frombuffer(palette, np.uint8).reshape(-1, 3).astype(np.int32)
     codes = table[:, 0] << 16 | table[:, 1] << 8 | table[:, 2]
     if len(np.unique(codes)) != len(codes):
-        raise InputError(f"{path}: palette PNG repeats a colour, so class ids cannot be recovered; "
+        raise InputError(f"{name}: palette PNG repeats a colour, so class ids cannot be recovered; "
                          "save the labels as a greyscale PNG")
     order = np.argsort(codes)
     pixels = colours[..., 0] << 16 | colours[..., 1] << 8 | colours[..., 2]
     found = np.minimum(np.searchsorted(codes[order], pixels), len(codes) - 1)
     if not np.array_equal(codes[order][found], pixels):
-        raise InputError(f"{path}: palette PNG holds colours outside its palette")
+        raise InputError(f"{name}: palette PNG holds colours outside its palette")
     return order[found].astype(np.uint8)
 
 

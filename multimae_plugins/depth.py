@@ -11,10 +11,10 @@ from multimae_cli import (
     Modality,
     PatchInput,
     SpatialOutput,
-    as_path,
+    decode_array,
+    decode_image,
+    file_bytes,
     hookimpl,
-    read_array,
-    read_image,
     write_array,
     write_image,
 )
@@ -26,14 +26,19 @@ if TYPE_CHECKING:
 
 def read(path: Path) -> np.ndarray:
     """(H, W) float32 in the file's units: a 16-bit (or 8-bit) single-channel PNG, or a `.npy` array."""
-    path = as_path(path)
-    array = read_array(path) if path.suffix == ".npy" else read_image(path, color=False)
+    return decode(file_bytes(path), path)
+
+
+def decode(data: bytes, name: str | Path) -> np.ndarray:
+    """`read` of a file's bytes (a shard member): `name` gives the format."""
+    npy = str(name).endswith(".npy")
+    array = decode_array(data, name) if npy else decode_image(data, name, color=False)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim != 2:
-        raise InputError(f"{path}: depth must have one channel, got shape {array.shape}")
+        raise InputError(f"{name}: depth must have one channel, got shape {array.shape}")
     if array.dtype == "uint8":
-        raise InputError(f"{path}: 8-bit depth map; depth files must be 16-bit PNGs (or float .npy)")
+        raise InputError(f"{name}: 8-bit depth map; depth files must be 16-bit PNGs (or float .npy)")
     return array.astype("float32")
 
 
@@ -112,6 +117,6 @@ def register_modalities(register):
     register(Modality(
         name="depth", channels=1, description="depth map, robustly standardised per sample",
         input_adapter=PatchInput(pos_interpolation="bicubic"), output_adapter=SpatialOutput(), loss=MaskedL1(),
-        extensions=(".png", ".npy", ".tif", ".tiff", ".exr"), read=read, write=write,
+        extensions=(".png", ".npy", ".tif", ".tiff", ".exr"), read=read, decode=decode, write=write,
         interpolation="linear", normalize=robust_standardize, denormalize=denormalize, colorize=colorize,
     ))

@@ -16,10 +16,10 @@ from multimae_cli import (
     Modality,
     PatchInput,
     SpatialOutput,
-    as_path,
+    decode_array,
+    decode_image,
+    file_bytes,
     hookimpl,
-    read_array,
-    read_image,
     write_array,
     write_image,
 )
@@ -31,19 +31,23 @@ if TYPE_CHECKING:
 
 def read(path: Path) -> np.ndarray:
     """(H, W, 3) float32 vectors in [-1, 1] from an RGB PNG (8 or 16 bit) or a `.npy` array."""
+    return decode(file_bytes(path), path)
+
+
+def decode(data: bytes, name: str | Path) -> np.ndarray:
+    """`read` of a file's bytes (a shard member): `name` gives the format."""
     import numpy as np
 
-    path = as_path(path)
-    if path.suffix == ".npy":
-        array = read_array(path).astype(np.float32)
+    if str(name).endswith(".npy"):
+        array = decode_array(data, name).astype(np.float32)
     else:
-        image = read_image(path, color=False)
+        image = decode_image(data, name, color=False)
         if image.ndim != 3 or image.shape[2] != 3:
-            raise InputError(f"{path}: normals need 3 channels, got shape {image.shape}")
+            raise InputError(f"{name}: normals need 3 channels, got shape {image.shape}")
         image = image[..., ::-1]  # OpenCV decodes BGR
         array = image.astype(np.float32) / np.iinfo(image.dtype).max * 2.0 - 1.0
     if array.ndim != 3 or array.shape[2] != 3:
-        raise InputError(f"{path}: normals need shape (H, W, 3), got {array.shape}")
+        raise InputError(f"{name}: normals need shape (H, W, 3), got {array.shape}")
     return np.ascontiguousarray(array)
 
 
@@ -84,6 +88,7 @@ def register_modalities(register):
     register(Modality(
         name="normals", channels=3, description="camera-frame unit surface normals",
         input_adapter=PatchInput(pos_interpolation="bicubic"), output_adapter=SpatialOutput(), loss=MaskedL1(),
-        extensions=(".png", ".npy"), read=read, write=write, interpolation="linear", flip=flip,
+        extensions=(".png", ".npy"), read=read, decode=decode, write=write, interpolation="linear",
+        flip=flip,
         normalize=normalize, colorize=colorize,
     ))

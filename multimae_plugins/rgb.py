@@ -6,7 +6,16 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from multimae_cli import MaskedMSE, Modality, PatchInput, SpatialOutput, hookimpl, read_image, write_image
+from multimae_cli import (
+    MaskedMSE,
+    Modality,
+    PatchInput,
+    SpatialOutput,
+    decode_image,
+    hookimpl,
+    read_image,
+    write_image,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,6 +28,11 @@ STD = (0.229, 0.224, 0.225)
 def read(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB; greyscale, 16-bit and 4-channel files are converted to 8-bit RGB by OpenCV."""
     return read_image(path, color=True)
+
+
+def decode(data: bytes, name: str | Path) -> np.ndarray:
+    """`read` of a file's bytes (a shard member)."""
+    return decode_image(data, name, color=True)
 
 
 def write(path: Path, image: np.ndarray) -> None:
@@ -90,7 +104,8 @@ def register_modalities(register):
     register(Modality(
         name="rgb", channels=3, description="colour image, ImageNet-normalised",
         input_adapter=PatchInput(pos_interpolation="bicubic"), output_adapter=SpatialOutput(), loss=MaskedMSE(),
-        extensions=(".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"), read=read, write=write,
+        extensions=(".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"), read=read, decode=decode,
+        write=write,
         interpolation="cubic", normalize=normalize, denormalize=denormalize, colorize=colorize,
     ))
     register(Modality(

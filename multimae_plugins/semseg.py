@@ -15,10 +15,10 @@ from multimae_cli import (
     MaskedCrossEntropy,
     Modality,
     SpatialOutput,
-    as_path,
+    decode_array,
+    decode_labels,
+    file_bytes,
     hookimpl,
-    read_array,
-    read_labels,
     write_array,
     write_image,
     write_palette_png,
@@ -35,12 +35,16 @@ def read(path: Path) -> np.ndarray:
     """(H, W) integer class ids, in the file's own dtype, from a single-channel 8/16-bit PNG, a palette PNG (its
     indices) or `.npy`. They become int64 in `to_tensor`, after the crop and resize, where the map is smallest:
     widening a whole 8-bit map cost a tenth of a loader worker's time."""
-    path = as_path(path)
-    labels = read_array(path) if path.suffix == ".npy" else read_labels(path)
+    return decode(file_bytes(path), path)
+
+
+def decode(data: bytes, name: str | Path) -> np.ndarray:
+    """`read` of a file's bytes (a shard member): `name` gives the format."""
+    labels = decode_array(data, name) if str(name).endswith(".npy") else decode_labels(data, name)
     if labels.ndim != 2:
-        raise InputError(f"{path}: a label map must have one channel, got shape {labels.shape}")
+        raise InputError(f"{name}: a label map must have one channel, got shape {labels.shape}")
     if labels.dtype.kind not in "iu":
-        raise InputError(f"{path}: a label map must hold integers, got {labels.dtype}")
+        raise InputError(f"{name}: a label map must hold integers, got {labels.dtype}")
     return labels
 
 
@@ -88,6 +92,6 @@ def register_modalities(register):
         name="semseg", channels=NUM_CLASSES, kind="labels", stride=4,
         description="semantic label map (class ids) at 1/4 resolution",
         input_adapter=ClassEmbeddingInput(dim_class_emb=64), output_adapter=SpatialOutput(),
-        loss=MaskedCrossEntropy(), extensions=(".png", ".npy"), read=read, write=write,
+        loss=MaskedCrossEntropy(), extensions=(".png", ".npy"), read=read, decode=decode, write=write,
         interpolation="nearest", normalize=normalize, colorize=colorize,
     ))

@@ -175,3 +175,14 @@ def test_fine_tuned_evaluation_on_shards_equals_the_folder(tmp_path, folder, sha
     scores = [evaluate_checkpoint(tmp_path / "semseg.safetensors", data, "val", batch_size=3, device="cpu",
                                   workers=0) for data in (folder, shards)]
     assert scores[0]["samples"] == scores[1]["samples"] == 8 and scores[0]["metrics"] == scores[1]["metrics"]
+
+
+def test_a_plugin_without_decode_reads_members_from_scratch_files(shards, modalities):
+    """Third-party modalities that only `read` files work on shards too, with the same arrays."""
+    from dataclasses import replace
+
+    plain = {name: replace(modality, decode=None) for name, modality in modalities.items()}
+    with_decode, without = ShardDataset(shards, modalities), ShardDataset(shards, plain)
+    for index in (0, 9, 23):
+        a, b = with_decode.read(index), without.read(index)
+        assert all(np.array_equal(a[name], b[name]) and a[name].dtype == b[name].dtype for name in NAMES)

@@ -112,13 +112,15 @@ def scan_split(root: str | Path, modalities: Mapping[str, Modality]) -> FolderIn
                        {k: v for k, v in extra.items() if v}, duplicates, broken, declared_classes(root.parent))
 
 
-def read_checked(path: Path, modality: Modality, classes: int | None = None) -> np.ndarray:
-    """The plugin's `read`, plus the checks every modality gets: finite floats, labels within the classes (the
-    dataset's declared `classes` where it lists fewer than the modality has)."""
+def read_checked(path: Path, modality: Modality, classes: int | None = None, data: bytes | None = None
+                 ) -> np.ndarray:
+    """The plugin's `read` (or its `decode` of `data`, the file's bytes, when it has one), plus the checks every
+    modality gets: finite floats, labels within the classes (the dataset's declared `classes` where it lists fewer
+    than the modality has)."""
     if modality.read is None:
         raise InputError(f"{path}: modality {modality.name!r} has no file reader")
     try:
-        array = modality.read(path)
+        array = modality.read(path) if data is None else modality.decode(data, str(path))
     except InputError:
         raise
     except Exception as exc:  # a plugin's reader failing on a bad file is still a bad file

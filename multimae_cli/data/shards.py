@@ -251,18 +251,23 @@ class ShardDataset:
         return out
 
     def read(self, index: int) -> dict[str, np.ndarray]:
-        """Sample `index` decoded by the plugins' `read`, from a scratch file each (a plugin reads files)."""
+        """Sample `index` decoded by the plugins: `decode` of the bytes where a plugin has it, else its `read` of
+        a scratch file (in memory where /dev/shm is)."""
         sample, shapes = {}, {}
         shard = f"{self.root}/{self.shards[self.locate(index)[0]]['file']}: {self.key(index)}"
         for name, (suffix, data) in self.members(index).items():
-            path = self._scratch_file(name, suffix)
-            with open(path, "wb") as file:
-                file.write(data)
+            modality, member = self.modalities[name], f"{shard} {name}{suffix}"
             try:
-                sample[name] = read_checked(path, self.modalities[name], self.classes)
+                if modality.decode is not None:
+                    sample[name] = read_checked(Path(f"{name}{suffix}"), modality, self.classes, data)
+                else:
+                    path = self._scratch_file(name, suffix)
+                    with open(path, "wb") as file:
+                        file.write(data)
+                    sample[name] = read_checked(path, modality, self.classes)
             except InputError as exc:
-                raise InputError(f"{shard} {name}{suffix}: {str(exc).split(': ', 1)[-1]}") from None
-            shapes[name] = (f"{shard} {name}{suffix}", sample[name].shape[:2])
+                raise InputError(f"{member}: {str(exc).split(': ', 1)[-1]}") from None
+            shapes[name] = (member, sample[name].shape[:2])
         problems = frame_problems(shapes)
         if problems:
             raise InputError(problems[0])

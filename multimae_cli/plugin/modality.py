@@ -92,6 +92,7 @@ class Modality:
     loss: Callable[[Modality, int], nn.Module] | None = None
     extensions: tuple[str, ...] = (".png",)
     read: Callable[[Path], np.ndarray] | None = None
+    decode: Callable[[bytes, str], np.ndarray] | None = None
     write: Callable[[Path, np.ndarray], None] | None = None
     interpolation: Interpolation = "linear"
     flip: Callable[[np.ndarray], np.ndarray] = _hflip

@@ -117,6 +117,11 @@ def _check_round_trips(modality: Modality, what: str, sample: np.ndarray, extens
             _check(_close(back, sample, tolerance), what,
                    f"write then read of {path.name} changes the data (max difference "
                    f"{_difference(back, sample)}): reader and writer disagree on scale, channels or layout")
+            if modality.decode is not None:
+                decoded = _call(what, f"decode of {path.name}'s bytes", modality.decode, path.read_bytes(), path.name)
+                _check(isinstance(decoded, np.ndarray) and decoded.dtype == back.dtype
+                       and np.array_equal(decoded, back), what,
+                       f"decode of {path.name}'s bytes differs from read of the file (shards decode, folders read)")
         missing = Path(tmp) / f"missing{modality.extensions[0]}"
         try:
             modality.read(missing)
