@@ -93,9 +93,10 @@ def write_shards(root: str | Path, out: str | Path, modalities: Mapping[str, Mod
             for key in found.keys:
                 files = {name: found.files[name][key] for name in modalities}
                 try:
-                    shapes = {name: (path, read_checked(path, modalities[name], found.classes).shape[:2])
-                              for name, path in files.items()}
-                    problems = frame_problems(shapes)
+                    stored = {name: (path.suffix.lower(), _file_data(path)) for name, path in files.items()}
+                    problems = frame_problems({name: (path, _checked(path, modalities[name], found.classes,
+                                                                     stored[name][1]).shape[:2])
+                                               for name, path in files.items()})
                     if problems:
                         raise InputError(problems[0])
                 except InputError as exc:
@@ -103,15 +104,18 @@ def write_shards(root: str | Path, out: str | Path, modalities: Mapping[str, Mod
                         raise
                     skipped.append(str(exc))
                 else:
-                    writer.add(key, {name: (path.suffix.lower(), path.read_bytes()) for name, path in files.items()})
+                    writer.add(key, stored)
                 if progress:
                     progress(1, total)
             index["splits"][split] = writer.close()
             written += index["splits"][split]["bytes"]
         dataset_json = root / "dataset.json"
         if dataset_json.is_file():
-            shutil.copyfile(dataset_json, staging / "dataset.json")
-            index["dataset"] = json.loads(dataset_json.read_text())
+            try:
+                index["dataset"] = json.loads(dataset_json.read_text())
+            except ValueError as exc:
+                raise InputError(f"{dataset_json}: not JSON ({exc})") from None
+            atomic_write_bytes(staging / "dataset.json", dataset_json.read_bytes())
         atomic_write_bytes(staging / INDEX, json.dumps(index, indent=1).encode())
         staging.rename(out)
     except BaseException:
@@ -123,6 +127,18 @@ def write_shards(root: str | Path, out: str | Path, modalities: Mapping[str, Mod
     return {"out": str(out), "splits": counts, "bytes": written, "seconds": round(seconds, 2),
             "mb_per_s": round(written / 1e6 / max(seconds, 1e-9), 1), "skipped": len(skipped),
             "skipped_files": skipped}
+
+
+def _file_data(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _checked(path: Path, modality: Modality, classes: int | None, data: bytes) -> np.ndarray:
+    """The file decoded from the bytes about to be stored (by `read` where the plugin has no `decode`)."""
+    return read_checked(path, modality, classes, data if modality.decode is not None else None)
 
 
 class _ShardWriter:
