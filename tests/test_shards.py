@@ -186,3 +186,28 @@ def test_a_plugin_without_decode_reads_members_from_scratch_files(shards, modali
     for index in (0, 9, 23):
         a, b = with_decode.read(index), without.read(index)
         assert all(np.array_equal(a[name], b[name]) and a[name].dtype == b[name].dtype for name in NAMES)
+
+
+def test_two_torchrun_ranks_stream_their_own_shards(tmp_path, shards, modalities):
+    """Under torchrun each rank reads the shards dealt to it (2 gloo processes, streaming order)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_pretrain import TINY
+
+    data = {**TINY["data"], "source": "folder", "path": str(shards), "shuffle_buffer": 4}
+    args = ["--set", f"model={json.dumps(TINY['model'])}", "--set", f"data={json.dumps(data)}",
+            "--set", f"optim={json.dumps(TINY['optim'])}", "--set", "batch_size=2", "--set", "log_every=1",
+            "--set", "checkpoint_every=100", "--set", "preview_every=0", "--steps", "3", "--device", "cpu"]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+         "-m", "multimae_cli", "pretrain", "--quiet", "--name", "ddp", "--out", str(tmp_path / "runs"), *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in metrics(tmp_path / "runs" / "ddp")] == [1, 2, 3]
+    dataset = ShardDataset(shards, modalities)
+    dealt = np.random.default_rng([0, 0]).permutation(len(dataset.shards)).tolist()
+    for rank in (0, 1):
+        order = ShardSampler(dataset, 2, rank, 2, seed=0, buffer=4).epoch_order(0)
+        assert dataset.locate(order[0])[0] in dealt[rank::2][:2]  # a rank starts in its own first shards
