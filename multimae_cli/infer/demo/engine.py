@@ -42,10 +42,11 @@ class Demo:
     def __init__(self, predictor: Predictor, label: str, max_upload_bytes: int = 10_000_000) -> None:
         self.predictor, self.label, self.max_upload_bytes = predictor, label, max_upload_bytes
         self.config = predictor.config
-        self.inputs = list(predictor.modalities) if predictor.task else list(self.config.inputs)
-        self.inputs = [name for name in self.inputs if name in self.config.inputs]
-        self.outputs = [name for name in predictor.tasks if predictor.modalities[name].colorize is not None] \
-            if predictor.task is None else predictor.tasks
+        self.inputs = list(self.config.inputs)
+        if predictor.task is not None:  # a fine-tuned model's one output (or its classes)
+            self.outputs = predictor.tasks
+        else:
+            self.outputs = [name for name in predictor.tasks if predictor.modalities[name].colorize is not None]
         self._arrays: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()  # one prediction at a time: the model is shared, memory stays bounded
 
