@@ -88,9 +88,11 @@ def test_streaming_order_is_a_function_of_seed_and_epoch(shards, modalities):
         sampler.start_at(position)
         resumed = iter(sampler)
         assert [next(resumed) for _ in range(20)] == whole[position * 4:position * 4 + 20]
-    ranks = [ShardSampler(dataset, 2, rank, 2, seed=5, buffer=6) for rank in (0, 1)]
-    orders = [r.epoch_order(0) for r in ranks]
-    assert all(len(order) == 12 for order in orders)  # the same number of batches on every rank
+    for world, batch in ((2, 2), (3, 4), (5, 1)):  # more ranks than some shards hold samples, too
+        orders = [ShardSampler(dataset, batch, rank, world, seed=5, buffer=6).epoch_order(0) for rank in range(world)]
+        every = [index for order in orders for index in order]
+        assert len({len(order) for order in orders}) == 1 and len(every) == len(set(every))  # equal, disjoint
+        assert len(every) == 24 // (batch * world) * batch * world
 
 
 def test_sharded_run_resumes_exactly_and_equals_the_folder_run_in_global_order(tmp_path, shards, folder,
@@ -207,7 +209,41 @@ def test_two_torchrun_ranks_stream_their_own_shards(tmp_path, shards, modalities
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in metrics(tmp_path / "runs" / "ddp")] == [1, 2, 3]
     dataset = ShardDataset(shards, modalities)
-    dealt = np.random.default_rng([0, 0]).permutation(len(dataset.shards)).tolist()
-    for rank in (0, 1):
+    stream = [dataset.firsts[s] + i for s in np.random.default_rng([0, 0]).permutation(len(dataset.shards))
+              for i in range(dataset.shards[s]["samples"])]
+    for rank in (0, 1):  # each rank reads its own half of the epoch's shard stream
         order = ShardSampler(dataset, 2, rank, 2, seed=0, buffer=4).epoch_order(0)
-        assert dataset.locate(order[0])[0] in dealt[rank::2][:2]  # a rank starts in its own first shards
+        assert sorted(order) == sorted(stream[rank * 12:(rank + 1) * 12])
+
+
+def test_fine_tuning_streams_shards_evaluates_on_their_val_split_and_resumes(tmp_path, shards, encoder,
+                                                                            monkeypatch):
+    """Fine-tuning reads shards in streaming order (the sampler it gets), validates on the shards' val split,
+    and a stopped run resumes exactly."""
+    from test_finetune import SMALL_DPT, settings
+
+    from multimae_cli.data import shards as shards_module
+    from multimae_cli.formats.load import load_task_model
+    from multimae_cli.train.finetune import finetune
+
+    used = []
+    monkeypatch.setattr(shards_module.ShardSampler, "__iter__", _recording(shards_module.ShardSampler.__iter__, used))
+    common = {"task": "depth", "checkpoint": str(encoder), "inputs": ["rgb"], "head_options": SMALL_DPT,
+              "steps": 4, "data": {"source": "folder", "path": str(shards), "workers": 0, "shuffle_buffer": 5}}
+    straight = finetune(settings(tmp_path, name="straight", **common), quiet=True)
+    assert used and "delta1" in straight["metrics"]  # evaluated on the shards' val split
+    undo = interrupt_after_step(monkeypatch, 2)
+    with pytest.raises(TrainingStopped, match="interrupted at step 2"):
+        finetune(settings(tmp_path, name="resumed", **common), quiet=True)
+    undo()
+    finetune(settings(tmp_path, name="resumed", **common), resume=tmp_path / "runs" / "resumed", quiet=True)
+    a, b = (load_task_model(tmp_path / "runs" / name / "last" / "model.safetensors").state_dict()
+            for name in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _recording(method, calls: list):
+    def wrapper(self):
+        calls.append(self)
+        return method(self)
+    return wrapper

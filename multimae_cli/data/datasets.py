@@ -92,6 +92,10 @@ class Loader(torch.utils.data.DataLoader):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("worker_init_fn", _one_opencv_thread)
+        # Its own generator: each new iterator draws the workers' base seed from it, not from the global RNG,
+        # whose state a resumed run has just restored for the model's randomness (drop path): a draw there made
+        # a resumed fine-tuning differ from the run never stopped
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
         super().__init__(*args, **kwargs)
 
     def __iter__(self):
@@ -148,4 +152,5 @@ def make_loader(dataset, batch_size: int, *, sampler=None, shuffle: bool = True,
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle \
             else SequentialSampler(dataset)
     return Loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                  drop_last=drop_last, pin_memory=pin_memory, persistent_workers=workers > 0)
+                  drop_last=drop_last, pin_memory=pin_memory, persistent_workers=workers > 0,
+                  generator=torch.Generator().manual_seed(seed))

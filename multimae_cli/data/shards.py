@@ -8,8 +8,9 @@ webdataset, reads the shards as they are.
 
 `ShardDataset` is a `FolderDataset` over shards: item `i` is the folder's sample `i`, read at its offset, with the
 same augmentation (a function of seed, epoch, index). `ShardSampler` gives training its streaming order: each
-epoch the shards are shuffled by (seed, epoch) and dealt to the ranks, and each rank's samples pass through a
-shuffle buffer seeded by (seed, epoch, rank), so reads stay within a window of a few shards. The order is a
+epoch the shards are shuffled by (seed, epoch) and cut into one run of consecutive shards per rank, and each
+rank's samples pass through a shuffle buffer seeded by (seed, epoch, rank), so reads stay within a window of a
+few shards. The order is a
 pure function of the seed, computed from the index alone: a resumed run starts at its batch without reading
 what came before, and the order does not depend on the number of loader workers.
 """
@@ -24,6 +25,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from .folder import epoch_and_index, find_splits, frame_problems, read_checked, 
 INDEX = "index.json"
 FORMAT = "multimae-shards"
 BLOCK = 512
+OPEN_SHARDS = 64  # descriptors a process keeps open (a window of a few shards is what streaming reads)
 
 
 def is_shards(path: str | Path | None) -> bool:
@@ -75,13 +78,17 @@ def write_shards(root: str | Path, out: str | Path, modalities: Mapping[str, Mod
         raise InputError(f"--out {out}: folder {out.parent} does not exist")
     if shard_bytes < BLOCK * 4:
         raise InputError(f"--shard-size must be at least {BLOCK * 4} bytes, got {shard_bytes}")
+    dotted = [name for name in modalities if "." in name]
+    if dotted:
+        raise InputError(f"--modalities {dotted[0]}: a modality stored in shards must have no '.' in its name "
+                         "(members are named <index>.<modality><suffix>)")
     splits = splits or find_splits(root, modalities)
     if not splits:
         raise InputError(f"{root}: no split folder with any of {', '.join(modalities)}")
     scanned = {split: scan_split(root / split, modalities) for split in splits}
     total = sum(len(index.keys) for index in scanned.values())
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    started, written, skipped = time.perf_counter(), 0, []
+    started, written, skipped, writers = time.perf_counter(), 0, [], []
     try:
         index: dict[str, Any] = {"format": FORMAT, "version": 1, "modalities": list(modalities), "splits": {}}
         for split, found in scanned.items():
@@ -89,7 +96,10 @@ def write_shards(root: str | Path, out: str | Path, modalities: Mapping[str, Mod
                 name, keys = next(iter(found.missing.items()))
                 raise InputError(f"{found.root / name}: no file for {keys[0]!r} (pass --skip-bad to leave such "
                                  "samples out)")
+            skipped += [f"{found.root / name}: no file for {key!r}" for name, keys in found.missing.items()
+                        for key in keys]
             writer = _ShardWriter(staging, split, shard_bytes)
+            writers.append(writer)
             for key in found.keys:
                 files = {name: found.files[name][key] for name in modalities}
                 try:
@@ -107,8 +117,11 @@ def write_shards(root: str | Path, out: str | Path, modalities: Mapping[str, Mod
                     writer.add(key, stored)
                 if progress:
                     progress(1, total)
-            index["splits"][split] = writer.close()
-            written += index["splits"][split]["bytes"]
+            packed = writer.close()
+            if packed["samples"] == 0:
+                raise InputError(f"{found.root}: no sample left to pack (all {len(found.keys)} were bad)")
+            index["splits"][split] = packed
+            written += packed["bytes"]
         dataset_json = root / "dataset.json"
         if dataset_json.is_file():
             try:
@@ -119,6 +132,8 @@ def write_shards(root: str | Path, out: str | Path, modalities: Mapping[str, Mod
         atomic_write_bytes(staging / INDEX, json.dumps(index, indent=1).encode())
         staging.rename(out)
     except BaseException:
+        for writer in writers:
+            writer.abandon()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     seconds = time.perf_counter() - started
@@ -181,6 +196,12 @@ class _ShardWriter:
         atomic_write_bytes(sidecar, json.dumps({"keys": self.keys, "offsets": self.offsets}).encode())
         self.file = None
 
+    def abandon(self) -> None:
+        """Close the shard being written (the run failed; the staging folder is removed)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
     def close(self) -> dict[str, Any]:
         self._finish()
         return {"samples": self.count, "bytes": sum(s["bytes"] for s in self.shards), "shards": self.shards}
@@ -212,15 +233,22 @@ class ShardDataset:
         self.transform, self.skip_bad, self.seed, self.skipped = transform, skip_bad, seed, 0
         if not self.length:
             raise InputError(f"{self.root / INDEX}: split {split!r} has no samples")
-        self._open: dict[int, Any] = {}
         self._sidecars: dict[int, dict[str, list]] = {}
-        self._scratch: dict | None = None  # per process: not carried into loader workers
+        self._fds: OrderedDict[int, int] = OrderedDict()  # shard -> descriptor, this process's (see _descriptor)
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return self.length
 
     def __getstate__(self) -> dict[str, Any]:  # loader workers open their own files
-        return {**self.__dict__, "_open": {}, "_scratch": None}
+        return {**self.__dict__, "_fds": OrderedDict()}
+
+    def close(self) -> None:
+        """Close the shards this process opened."""
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds.clear()
 
     def locate(self, index: int) -> tuple[int, int]:
         """(shard number, position in the shard) of sample `index`."""
@@ -240,35 +268,48 @@ class ShardDataset:
                 raise InputError(f"{path}: unreadable shard index ({exc})") from None
         return self._sidecars[shard]
 
-    def members(self, index: int) -> dict[str, tuple[str, bytes]]:
-        """The stored files of sample `index`: modality -> (suffix, bytes), as written."""
-        shard, position = self.locate(index)
+    def _descriptor(self, shard: int) -> int:
+        """An open descriptor of `shard`, opened by this process (a forked loader worker shares its parent's
+        descriptors and file positions, so it opens its own), at most OPEN_SHARDS at a time."""
+        if self._pid != os.getpid():
+            self._fds, self._pid = OrderedDict(), os.getpid()
+        if shard in self._fds:
+            self._fds.move_to_end(shard)
+            return self._fds[shard]
         path = self.root / self.shards[shard]["file"]
-        if shard not in self._open:
-            try:
-                self._open[shard] = open(path, "rb")  # noqa: SIM115 (kept open for the process's life)
-            except OSError as exc:
-                raise InputError(f"{path}: cannot open ({exc.strerror})") from None
-        file = self._open[shard]
-        file.seek(self._sidecar(shard)["offsets"][position])
-        out = {}
-        stem = f"{index:09d}."
+        try:
+            self._fds[shard] = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot open ({exc.strerror})") from None
+        if len(self._fds) > OPEN_SHARDS:
+            os.close(self._fds.popitem(last=False)[1])
+        return self._fds[shard]
+
+    def members(self, index: int) -> dict[str, tuple[str, bytes]]:
+        """The stored files of sample `index`: modality -> (suffix, bytes), as written. One positioned read of
+        the sample's bytes (safe across threads and processes)."""
+        shard, position = self.locate(index)
+        offsets = self._sidecar(shard)["offsets"]
+        end = offsets[position + 1] if position + 1 < len(offsets) else self.shards[shard]["bytes"] - 2 * BLOCK
+        data = os.pread(self._descriptor(shard), end - offsets[position], offsets[position])
+        out, at, stem = {}, 0, f"{index:09d}."
         for _ in range(self.stored):
-            name, size = _member_header(file.read(BLOCK))
-            modality, dot, suffix = name[len(stem):].partition(".")
-            if not name.startswith(stem) or size < 0:
-                raise InputError(f"{path}: damaged shard (sample {index} should be at byte "
-                                 f"{self._sidecar(shard)['offsets'][position]})")
+            name, size = _member_header(data[at:at + BLOCK])
+            if not name.startswith(stem) or size < 0 or at + BLOCK + size > len(data):
+                raise InputError(f"{self.root / self.shards[shard]['file']}: damaged shard (sample {index} should "
+                                 f"be at byte {offsets[position] + at})")
+            modality, suffix = name[len(stem):], ""
+            if modality not in self.modalities:  # the stored name is "<modality><suffix>"; modalities have no dot
+                modality, dot, rest = modality.partition(".")
+                suffix = dot + rest
             if modality in self.modalities:
-                out[modality] = (dot + suffix, file.read(size))
-                file.seek(-size % BLOCK, os.SEEK_CUR)
-            else:
-                file.seek(size + -size % BLOCK, os.SEEK_CUR)
+                out[modality] = (suffix, data[at + BLOCK:at + BLOCK + size])
+            at += BLOCK + size + -size % BLOCK
         return out
 
     def read(self, index: int) -> dict[str, np.ndarray]:
         """Sample `index` decoded by the plugins: `decode` of the bytes where a plugin has it, else its `read` of
-        a scratch file (in memory where /dev/shm is)."""
+        a temporary file (in memory where /dev/shm is)."""
         sample, shapes = {}, {}
         shard = f"{self.root}/{self.shards[self.locate(index)[0]]['file']}: {self.key(index)}"
         for name, (suffix, data) in self.members(index).items():
@@ -277,10 +318,7 @@ class ShardDataset:
                 if modality.decode is not None:
                     sample[name] = read_checked(Path(f"{name}{suffix}"), modality, self.classes, data)
                 else:
-                    path = self._scratch_file(name, suffix)
-                    with open(path, "wb") as file:
-                        file.write(data)
-                    sample[name] = read_checked(path, modality, self.classes)
+                    sample[name] = _read_through_file(modality, suffix, data, self.classes)
             except InputError as exc:
                 raise InputError(f"{member}: {str(exc).split(': ', 1)[-1]}") from None
             shapes[name] = (member, sample[name].shape[:2])
@@ -288,21 +326,6 @@ class ShardDataset:
         if problems:
             raise InputError(problems[0])
         return sample
-
-    def _scratch_file(self, name: str, suffix: str) -> Path:
-        """Where a member is put for its plugin to read: one file per modality and suffix in this process's
-        scratch folder (in memory where /dev/shm is), removed at exit."""
-        if self._scratch is None:
-            base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-            folder = Path(tempfile.mkdtemp(prefix="multimae-shard-", dir=base))
-            import atexit
-
-            atexit.register(shutil.rmtree, folder, True)
-            self._scratch = {"folder": folder}
-        path = self._scratch.get((name, suffix))
-        if path is None:
-            path = self._scratch[(name, suffix)] = self._scratch["folder"] / f"{name}{suffix}"
-        return path
 
     def __getitem__(self, item: int | tuple[int, int]):
         epoch, index = epoch_and_index(item)
@@ -321,6 +344,15 @@ class ShardDataset:
         return self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
 
 
+def _read_through_file(modality: Modality, suffix: str, data: bytes, classes: int | None) -> np.ndarray:
+    """A plugin without `decode` reads files: the member goes to a temporary file (removed after the read)."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.NamedTemporaryFile(suffix=suffix, dir=folder) as file:
+        file.write(data)
+        file.flush()
+        return read_checked(Path(file.name), modality, classes)
+
+
 def _member_header(header: bytes) -> tuple[str, int]:
     """(name, size) of a ustar header as `_ShardWriter` writes them; size -1 when it is not one (tarfile's own
     parser checks more and costs a tenth of a sample's decoding)."""
@@ -337,10 +369,10 @@ def _member_header(header: bytes) -> tuple[str, int]:
 
 class ShardSampler(torch.utils.data.Sampler[tuple[int, int]]):
     """`(epoch, index)` items in streaming order, epoch after epoch, from a start batch of the run on (the
-    interface of `EpochSampler`). Each epoch: shards permuted by (seed, epoch), dealt round-robin to the ranks;
-    a rank's samples, shard after shard, pass a shuffle buffer of `buffer` samples seeded by (seed, epoch, rank).
-    Every rank takes the same number of batches: `len // (batch * world)`; a rank whose shards hold fewer samples
-    continues with the next shards of the epoch's order, one with more leaves its last samples for later epochs."""
+    interface of `EpochSampler`). Each epoch: shards permuted by (seed, epoch) into one stream of samples, cut
+    into `world` equal slices (rank r reads a run of consecutive shards); a rank's slice passes a shuffle buffer
+    of `buffer` samples seeded by (seed, epoch, rank). Every rank takes `len // (batch * world)` batches; the
+    samples past the last whole global batch wait for a later epoch (another shard order)."""
 
     def __init__(self, dataset: ShardDataset, batch_size: int, rank: int, world: int, seed: int,
                  buffer: int) -> None:
@@ -361,11 +393,18 @@ class ShardSampler(torch.utils.data.Sampler[tuple[int, int]]):
         self.start = position
 
     def epoch_order(self, epoch: int) -> list[int]:
-        """This rank's samples of `epoch`, in order (a pure function of seed, epoch and rank)."""
+        """This rank's samples of `epoch`, in order (a pure function of seed, epoch and rank): the epoch's shards
+        in shuffled order make one stream, rank r takes its r-th equal slice (a run of consecutive shards, no
+        sample twice) through its shuffle buffer."""
         shards = np.random.default_rng([self.seed, epoch]).permutation(len(self.counts)).tolist()
-        mine = shards[self.rank::self.world] + [s for i, s in enumerate(shards) if i % self.world != self.rank]
         need = self.batches_per_epoch * self.batch_size
-        stream = (self.firsts[s] + i for s in mine for i in range(self.counts[s]))
+        start, stop = self.rank * need, (self.rank + 1) * need
+        stream, seen = [], 0
+        for shard in shards:
+            if seen + self.counts[shard] > start and seen < stop:
+                first = self.firsts[shard]
+                stream.extend(range(first + max(0, start - seen), first + min(self.counts[shard], stop - seen)))
+            seen += self.counts[shard]
         rng, pool, order = random.Random(f"{self.seed}-{epoch}-{self.rank}"), [], []
         for index in stream:
             pool.append(index)
@@ -419,6 +458,7 @@ def check_shards(root: str | Path, modalities: Mapping[str, Modality], splits: l
                     dataset.read(i)
                 except InputError as exc:
                     problems.append(str(exc))
+        dataset.close()
         report["splits"][split] = {"samples": len(dataset), "shards": len(dataset.shards), "problems": problems}
     report["clean"] = all(not s["problems"] for s in report["splits"].values())
     return report

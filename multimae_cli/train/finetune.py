@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data.datasets import loader_workers
+from ..data.datasets import has_split, loader_workers
+from ..data.shards import is_shards
 from ..data.tasks import (
     TARGET,
     TaskDataset,
@@ -180,9 +181,10 @@ def _datasets(config: FinetuneConfig, task: Task, model, modalities: dict, info:
     dataset = TaskDataset(build_source(config, readable, config.data.split, train=True), inputs, task, modalities,
                           size, train=True, crop_scale=config.data.crop_scale, hflip=config.data.hflip, **common)
     val_folder = Path(config.data.path or ".") / (config.val_split or "")
-    if config.val_split and config.data.source == "folder" and not val_folder.is_dir():
+    if config.val_split and config.data.source == "folder" and not has_split(config.data.path, config.val_split):
         if config.val_split != FinetuneConfig.model_fields["val_split"].default:  # a typo must not skip evaluation
-            raise InputError(f"val_split: {val_folder}: no such folder")
+            what = "not a split of these shards" if is_shards(config.data.path) else "no such folder"
+            raise InputError(f"val_split: {val_folder}: {what}")
         if info.is_main and not quiet:
             print(f"note: {val_folder} does not exist: training without evaluation", file=sys.stderr)
         return dataset, None

@@ -201,10 +201,11 @@ def epoch_loader(dataset, config: RunConfig, info: DistInfo, device: torch.devic
     from ..data.datasets import make_loader
     from ..data.shards import ShardDataset, ShardSampler
 
-    if isinstance(dataset, ShardDataset) and config.data.shuffle_buffer > 0:
-        sampler = ShardSampler(dataset, config.batch_size, info.rank, info.world, config.seed,
+    shards = getattr(dataset, "source", dataset)  # fine-tuning samples wrap the dataset they are read from
+    if isinstance(shards, ShardDataset) and config.data.shuffle_buffer > 0:
+        sampler = ShardSampler(shards, config.batch_size, info.rank, info.world, config.seed,
                                config.data.shuffle_buffer)
     else:
         sampler = EpochSampler(len(dataset), config.batch_size, info, config.seed)
-    return sampler, make_loader(dataset, config.batch_size, sampler=sampler, workers=workers,
+    return sampler, make_loader(dataset, config.batch_size, sampler=sampler, workers=workers, seed=config.seed,
                                 pin_memory=device.type == "cuda")
