@@ -1,10 +1,10 @@
 """`multimae demo`: startup time of the page and the time of one prediction, tiny and base presets at 224 px.
 
 Startup: `multimae demo` started as a user starts it, until the page and `/api/info` answer. Prediction: the
-bundled photo (480x320: an 11x17 token grid per input at 224 px) picked as an example, then one `/api/predict` per slider
-position as the page sends it (rgb visible tokens 1/8, 1/4, 1/2 of the grid...), median wall time seen by the client
-(the request, the encoder and every decoder, the PNGs) and the server's own prediction time. Random weights: the time
-does not depend on them. One JSON line.
+bundled photo (480x320: an 11x17 token grid per input at 224 px) picked as an example, then one `/api/predict`
+per slider position as the page sends it (rgb visible tokens 1/8, 1/4, 1/2 of the grid...), median wall time seen
+by the client (the request, the encoder and every decoder, the PNGs) and the server's own prediction time. Random
+weights: the time does not depend on them. One JSON line.
     python benchmarks/demo.py [--runs 7] [--presets tiny,base] [--device cpu]
 """
 

@@ -101,8 +101,12 @@ def test_a_photo_of_any_aspect_gets_its_own_token_grid(demo):
     ({"images": {"rgb": "ID"}, "visible": {"rgb": 17}}, "rgb: 17 visible tokens asked, but it has 16"),
     ({"images": {"rgb": "ID"}, "visible": {"rgb": 1.5}}, "visible rgb must be a whole number"),
     ({"images": {"rgb": "ID"}, "dirichlet": {"total": 0}}, "dirichlet total must lie in [1, 16]"),
-    ({"images": {"rgb": "ID"}, "dirichlet": {"total": 4, "alpha": -1}}, "alpha must be positive"),
+    ({"images": {"rgb": "ID"}, "dirichlet": {"total": 4, "alpha": -1}}, "alpha must be a positive number"),
     ({"images": {"rgb": "ID"}, "seed": "x"}, "seed must be a whole number"),
+    ({"images": {"rgb": "ID"}, "seed": float("inf")}, "seed must be a whole number, got inf"),
+    ({"images": {"rgb": "ID"}, "seed": 2**70}, "seed must lie in"),
+    ({"images": {"rgb": "ID"}, "dirichlet": {"total": 4, "alpha": "x"}}, "alpha must be a positive number"),
+    ({"images": {"rgb": "ID"}, "dirichlet": {"total": 4, "alpha": float("nan")}}, "alpha must be a positive"),
 ])
 def test_bad_requests_are_one_line(demo, request_, message):
     rgb = demo.example("scene-0")["rgb"]["id"]
@@ -129,6 +133,17 @@ def test_uploads_refused_with_the_file_named(demo, tmp_path):
         demo.predict({"images": {"rgb": rgb, "depth": depth["id"]}})
     with pytest.raises(DemoError, match="no example named 'scene-9'"):
         demo.example("scene-9")
+    with pytest.raises(DemoError, match="no example named 'scene-²'"):
+        demo.example("scene-²")
+    bomb = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    bomb[16:24] = (60_000).to_bytes(4, "big") * 2  # a header declaring 60000 x 60000 pixels: refused unread
+    with pytest.raises(DemoError, match=r"bomb.png: 60000x60000 pixels is over the limit of 40 megapixels"):
+        demo.upload("rgb", bytes(bomb), "bomb.png")
+    with pytest.raises(DemoError, match=r"thin.png: 340x20 is narrower than 1:16"):
+        demo.upload("rgb", cv2.imencode(".png", np.zeros((20, 340, 3), np.uint8))[1].tobytes(), "thin.png")
+    big = demo.upload("rgb", cv2.imencode(".png", np.zeros((400, 600, 3), np.uint8))[1].tobytes(), "big.png")
+    assert (big["width"], big["height"]) == (600, 400)  # as uploaded; kept smaller (4x the model's pixels)
+    assert demo._arrays[big["id"]][1].shape[:2] == (52, 78)
 
 
 def test_fine_tuned_checkpoints_show_their_task(tmp_path):
@@ -179,6 +194,21 @@ def test_server_answers_json_and_refuses_large_bodies_unread(server):
     assert status == 422 and "no longer kept" in answer["error"]
     status, answer = _post(server.url + "api/nothing", b"")
     assert status == 404 and answer["error"] == "no endpoint /api/nothing"
+    status, answer = _post(server.url + "api/predict", b"{}", "text/plain")  # what another site's form may send
+    assert status == 415 and answer["error"].startswith("requests of type text/plain are not accepted")
+    request = urllib.request.Request(server.url + "api/info", headers={"Host": "rebound.example:7860"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403
+
+
+def test_a_failure_inside_the_server_is_one_line_and_the_server_goes_on(server, monkeypatch):
+    monkeypatch.setattr(server.demo, "predict", lambda request: 1 / 0)
+    status, answer = _post(server.url + "api/predict", b"{}", "application/json")
+    assert status == 500 and answer["error"] == "ZeroDivisionError: division by zero"
+    monkeypatch.undo()
+    with urllib.request.urlopen(server.url + "api/info", timeout=30) as response:
+        assert response.status == 200
 
 
 def test_cli_refuses_a_busy_port_in_one_line(checkpoint):
@@ -200,13 +230,15 @@ def test_exported_space_runs_the_demo(tmp_path, checkpoint):
                                                           "requirements.txt"]
     front = (space / "README.md").read_text().split("---")[1]
     assert "sdk: docker" in front and "app_port: 7860" in front
+    assert "ENV PORT=7860 HOST=0.0.0.0" in (space / "Dockerfile").read_text()  # all interfaces in the Space only
     assert (space / "model.safetensors").read_bytes() == checkpoint.read_bytes()
     again = run_cli("demo", "--checkpoint", str(checkpoint), "--export-space", str(space))
     assert again.returncode == 2 and "already exists" in again.stderr
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "MULTIMAE_DEVICE": "cpu"}
+    env = {key: value for key, value in os.environ.items() if key != "HOST"}  # loopback unless HOST says
+    env |= {"PORT": str(port), "MULTIMAE_DEVICE": "cpu"}
     app = subprocess.Popen([sys.executable, str(space / "app.py")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                            text=True)  # run from elsewhere: the app finds its checkpoint beside itself
     try:
@@ -271,3 +303,17 @@ def test_page_in_a_real_browser(server, tmp_path):
         assert output("depth")  # the last good prediction stays on the page
     finally:
         driver.quit()
+
+
+def test_exported_space_installs_the_plugins_its_checkpoint_needs(tmp_path):
+    """A checkpoint with a third-party modality (the example thermal plugin) asks for its distribution."""
+    torch.manual_seed(0)
+    config = ModelConfig(inputs=("rgb", "thermal"), outputs=("rgb",), image_size=(32, 32), patch_size=8, dim=32,
+                         depth=1, num_heads=2, decoder_dim=32, decoder_depth=1, decoder_num_heads=2,
+                         num_encoded_tokens=8)
+    save_model(create_model(config), tmp_path / "thermal.safetensors")
+    from multimae_cli.infer.demo.space import export_space
+
+    export_space(tmp_path / "space", tmp_path / "thermal.safetensors", requirement="multimae @ git+https://x/y")
+    assert (tmp_path / "space" / "requirements.txt").read_text().splitlines() == [
+        "multimae @ git+https://x/y", "multimae-plugin-thermal==0.1.0"]

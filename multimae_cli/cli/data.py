@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -31,7 +32,9 @@ def parse_bytes(text: str) -> int:
     try:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
-        raise ConfigError(f"--shard-size: expected a size such as 256MB or 1GB, got {text!r}") from None
+        value = math.nan
+    if not 0 < value < 1e15:  # NaN and inf fail too
+        raise ConfigError(f"--shard-size: expected a size such as 256MB or 1GB, got {text!r}")
     return int(value)
 
 

@@ -38,8 +38,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--device {device}: expected auto, cpu or cuda")
         if not 0 <= port <= 65535:
             raise ConfigError(f"--port {port}: expected 0-65535")
-        if max_upload_mb <= 0:
-            raise ConfigError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+        if not 0 < max_upload_mb < 1e6:  # NaN fails too
+            raise ConfigError(f"--max-upload-mb must be a positive number of megabytes, got {max_upload_mb}")
         if export_space is not None:
             from ..infer.demo.space import export_space as export
             from ..infer.predictor import find_checkpoint

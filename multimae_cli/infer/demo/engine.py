@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import tempfile
 import threading
 import time
@@ -25,8 +26,11 @@ from ..predictor import CLASSIFICATION, Predictor, top_classes, working_size
 
 PHOTO = Path(__file__).with_name("coffee.jpg")  # CC0, Rachel Michetti (from scikit-image's sample data)
 EXAMPLE_SCENES = 4
-MAX_PIXELS = 40_000_000
-KEPT_UPLOADS = 64
+MAX_PIXELS = 40_000_000  # refused before decoding where the header tells (PNG, JPEG), else after
+MAX_ASPECT = 16
+KEPT_PIXELS = 4  # uploads are kept at up to this many times the model's pixel count (the predictor resizes anyway)
+KEPT_UPLOADS = 32
+MAX_SEED = 2**63 - 1
 # File signatures -> the suffix a plugin's reader expects (uploads carry no trustworthy name).
 SIGNATURES = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg", b"\x93NUMPY": ".npy", b"II*\x00": ".tif",
               b"MM\x00*": ".tif", b"v/1\x01": ".exr", b"BM": ".bmp"}
@@ -49,6 +53,7 @@ class Demo:
             self.outputs = [name for name in predictor.tasks if predictor.modalities[name].colorize is not None]
         self._arrays: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()  # one prediction at a time: the model is shared, memory stays bounded
+        self._decoding = threading.BoundedSemaphore(2)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | None = None, device: str = "auto",
@@ -76,8 +81,10 @@ class Demo:
         """Store the example's arrays (a photo: rgb only; a held-out synthetic scene: every modality it renders
         that this checkpoint takes) and describe them as an upload does."""
         if name == "photo":
-            arrays = {self.inputs[0]: self.predictor.modalities[self.inputs[0]].read(PHOTO)}
-        elif name.startswith("scene-") and name[6:].isdigit() and int(name[6:]) < EXAMPLE_SCENES:
+            from ...data.folder import read_checked
+
+            arrays = {self.inputs[0]: read_checked(PHOTO, self.predictor.modalities[self.inputs[0]])}
+        elif name.startswith("scene-") and name[6:].isdecimal() and int(name[6:]) < EXAMPLE_SCENES:
             from ...data.synthetic.io import split_seed
             from ...data.synthetic.scenes import DEPTH_SCALE, render_scene
 
@@ -101,28 +108,41 @@ class Demo:
         accepted = [s.lower() for s in self.predictor.modalities[modality].extensions or ()]
         if suffix is None or (suffix not in accepted and not (suffix == ".jpg" and ".jpeg" in accepted)):
             raise DemoError(f"{filename}: not an image {modality} reads (it reads {', '.join(accepted)} files)")
+        declared = declared_size(data)
+        if declared is not None:
+            _check_size(*declared, filename)
         from ...data.folder import read_checked
 
-        with tempfile.TemporaryDirectory() as folder:
+        with self._decoding, tempfile.TemporaryDirectory() as folder:  # a few decodes at a time: memory stays bounded
             path = Path(folder) / f"upload{suffix}"
             path.write_bytes(data)
             try:
                 array = read_checked(path, self.predictor.modalities[modality])
             except InputError as exc:
                 raise DemoError(f"{filename}: {str(exc).split(': ', 1)[-1]}") from None
-        if array.shape[0] * array.shape[1] > MAX_PIXELS:
-            raise DemoError(f"{filename}: {array.shape[1]}x{array.shape[0]} pixels is over the limit of "
-                            f"{MAX_PIXELS / 1e6:.0f} megapixels")
-        return self._keep(modality, array, filename)
+        _check_size(array.shape[0], array.shape[1], filename)
+        return self._keep(modality, self._shrunk(modality, array), filename, array.shape[:2])
 
-    def _keep(self, modality: str, array: np.ndarray, source: str) -> dict[str, Any]:
+    def _shrunk(self, modality: str, array: np.ndarray) -> np.ndarray:
+        """At most KEPT_PIXELS times the model's pixel count, resized by the modality's own rule."""
+        from ...data.transforms import resize
+
+        height, width = array.shape[:2]
+        scale = (KEPT_PIXELS * self.config.image_size[0] * self.config.image_size[1] / (height * width)) ** 0.5
+        if scale >= 1:
+            return array
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        return resize(array, size, self.predictor.modalities[modality].interpolation)
+
+    def _keep(self, modality: str, array: np.ndarray, source: str,
+              original: tuple[int, int] | None = None) -> dict[str, Any]:
         key = hashlib.sha256(modality.encode() + array.tobytes() + str(array.shape).encode()).hexdigest()[:16]
         with self._lock:
             self._arrays[key] = (modality, array)
             self._arrays.move_to_end(key)
             while len(self._arrays) > KEPT_UPLOADS:
                 self._arrays.popitem(last=False)
-        height, width = array.shape[:2]
+        height, width = original or array.shape[:2]
         grid = self._grid(height, width)
         return {"id": key, "modality": modality, "source": source, "width": width, "height": height,
                 "tokens": grid[0] * grid[1], "grid": list(grid), "picture": _png(self._draw(modality, array))}
@@ -157,6 +177,8 @@ class Demo:
                 sample[modality] = kept[1]
         sample = _match_sizes(sample, self.inputs[0])
         seed = _integer(request.get("seed", 0), "seed")
+        if not 0 <= seed <= MAX_SEED:
+            raise DemoError(f"seed must lie in [0, {MAX_SEED}], got {seed}")
         kwargs: dict[str, Any] = {}
         if self.predictor.task is None:
             kwargs = self._masking(request, sample)
@@ -193,11 +215,11 @@ class Demo:
             if not isinstance(dirichlet, Mapping):
                 raise DemoError("dirichlet must be an object with total and alpha")
             total = _integer(dirichlet.get("total"), "dirichlet total")
-            alpha = float(dirichlet.get("alpha", 1.0))
+            alpha = dirichlet.get("alpha", 1.0)
             if not 1 <= total <= per_input * len(sample):
                 raise DemoError(f"dirichlet total must lie in [1, {per_input * len(sample)}], got {total}")
-            if not alpha > 0:
-                raise DemoError(f"dirichlet alpha must be positive, got {alpha}")
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+                raise DemoError(f"dirichlet alpha must be a positive number, got {alpha!r}")
             return {"mask_ratio": 1 - total / (per_input * len(sample)), "alphas": alpha}
         visible = request.get("visible") or {}
         if not isinstance(visible, Mapping):
@@ -236,9 +258,33 @@ def _match_sizes(sample: dict[str, np.ndarray], primary: str) -> dict[str, np.nd
 
 
 def _integer(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or int(value) != value:
         raise DemoError(f"{what} must be a whole number, got {value!r}")
     return int(value)
+
+
+def _check_size(height: int, width: int, filename: str) -> None:
+    if min(height, width) < 1:
+        raise DemoError(f"{filename}: an empty image ({width}x{height})")
+    if height * width > MAX_PIXELS:
+        raise DemoError(f"{filename}: {width}x{height} pixels is over the limit of {MAX_PIXELS / 1e6:.0f} megapixels")
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        raise DemoError(f"{filename}: {width}x{height} is narrower than 1:{MAX_ASPECT}")
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) a PNG or JPEG header declares, before anything is decoded; None for other formats."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data.startswith(b"\xff\xd8"):
+        at = 2
+        while at + 9 < len(data) and data[at] == 0xFF:
+            marker, length = data[at + 1], int.from_bytes(data[at + 2:at + 4], "big")
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):  # frames
+                return int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
+            at += 2 + length
+    return None
 
 
 def _alpha(model) -> float:

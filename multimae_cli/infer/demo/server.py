@@ -9,25 +9,29 @@ so the demo needs nothing beyond the core install. Loopback unless the caller pa
     POST /api/upload?modality=M    a file's bytes (`&name=` for messages), kept under an id
     POST /api/predict              JSON: {"images": {modality: id}, "visible": {...} | "dirichlet": {...}, "seed"}
 
-Errors are JSON `{"error": "one line"}` with a 4xx status; the page shows the line.
+POSTs carry `Content-Type: application/json` or `application/octet-stream` (types a page on another site cannot
+send without the browser asking first); on loopback the `Host` must be a loopback name. Errors are JSON
+`{"error": "one line"}` with a 4xx status (500 for a failure of the server itself); the page shows the line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sys
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlparse, urlsplit
 
 from ...errors import InputError, MultiMAEError
 
 PAGE = Path(__file__).with_name("page.html")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ACCEPTED_TYPES = ("application/json", "application/octet-stream")
 MAX_JSON_BYTES = 100_000
 DRAIN_BYTES = 256_000_000
 
@@ -49,6 +53,9 @@ class DemoServer(ThreadingHTTPServer):
     def __init__(self, demo: Demo | None, host: str, port: int, quiet: bool = True) -> None:
         self.demo, self.quiet = demo, quiet  # None until loaded: the socket is taken first, so a busy port fails fast
         self.page = PAGE.read_bytes()
+        self.loopback = host in LOOPBACK
+        if ":" in host:
+            self.address_family = socket.AF_INET6
         try:
             super().__init__((host, port), _Handler)
         except OSError as exc:
@@ -58,14 +65,38 @@ class DemoServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    def host_allowed(self, header: str | None) -> bool:
+        """On loopback, only requests addressed to a loopback name: a page elsewhere that makes the browser
+        resolve its own name to 127.0.0.1 (DNS rebinding) is refused."""
+        if not self.loopback:
+            return True
+        try:
+            return urlsplit(f"//{header or ''}").hostname in LOOPBACK
+        except ValueError:
+            return False
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: DemoServer
     server_version = "multimae-demo"
+    timeout = 60  # seconds a client may take to send its request
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except Exception as exc:  # a bug, or the machine (out of memory): one line in the page, the server goes on
+            sys.stderr.write(f"demo: {self.path}: {type(exc).__name__}: {exc}\n")
+            if not self.wfile.closed:
+                with contextlib.suppress(OSError):
+                    self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
 
     def do_GET(self) -> None:
+        if not self.server.host_allowed(self.headers.get("Host")):
+            self._json(HTTPStatus.FORBIDDEN, {"error": "this demo answers requests to a loopback name only"})
+            return
         path = urlparse(self.path).path
         if path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
@@ -77,6 +108,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {path}"})
 
     def do_POST(self) -> None:
+        if not self.server.host_allowed(self.headers.get("Host")):
+            self._drain(self._length())
+            self._json(HTTPStatus.FORBIDDEN, {"error": "this demo answers requests to a loopback name only"})
+            return
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind not in ACCEPTED_TYPES:  # so another site's page cannot post here without the browser asking first
+            self._drain(self._length())
+            self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": f"requests of type {kind or 'none'} are not "
+                                                                    f"accepted ({' or '.join(ACCEPTED_TYPES)})"})
+            return
         url = urlparse(self.path)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         demo = self.server.demo
@@ -101,14 +142,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self, limit: int, what: str) -> bytes:
         """The request body, refused unread when its declared length is over `limit`."""
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
+        length = self._length()
         if length < 0 or length > limit:
             self._drain(length)
             raise _TooLarge(f"{what}: {max(length, 0) / 1e6:.1f} MB is over the upload limit of {limit / 1e6:.1f} MB")
         return self.rfile.read(length)
+
+    def _length(self) -> int:
+        """The declared body length; -1 when it is not a number."""
+        try:
+            return int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return -1
 
     def _drain(self, length: int) -> None:
         """Read a refused body away (so the client, still sending, gets the answer), up to DRAIN_BYTES; past

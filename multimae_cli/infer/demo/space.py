@@ -35,7 +35,8 @@ stay visible, and see every modality predicted. Checkpoint: `{checkpoint}`.
 Run it locally first: `pip install -r requirements.txt && python app.py`, then open http://127.0.0.1:{port}/.
 """
 
-APP = '''"""The Space's entry point: the multimae demo server on all interfaces (the Space's proxy is in front)."""
+APP = '''"""The Space's entry point: the multimae demo server (loopback here; the Dockerfile sets HOST=0.0.0.0 for the
+Space's proxy)."""
 
 import os
 from pathlib import Path
@@ -49,7 +50,7 @@ CHECKPOINT = {checkpoint!r}
 if __name__ == "__main__":
     source = HERE / CHECKPOINT if (HERE / CHECKPOINT).exists() else CHECKPOINT
     demo = Demo.from_checkpoint(source, device=os.environ.get("MULTIMAE_DEVICE", "auto"))
-    serve(demo, host=os.environ.get("HOST", "0.0.0.0"), port=int(os.environ.get("PORT", {port})),
+    serve(demo, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", {port})),
           ready=lambda url: print(f"serving {{CHECKPOINT}} on port {{os.environ.get('PORT', {port})}}", flush=True))
 '''
 
@@ -61,7 +62,7 @@ WORKDIR /home/user/app
 COPY --chown=user requirements.txt .
 RUN pip install --no-cache-dir --user -r requirements.txt
 COPY --chown=user . .
-ENV PORT={port}
+ENV PORT={port} HOST=0.0.0.0
 EXPOSE {port}
 CMD ["python", "app.py"]
 """
@@ -82,11 +83,11 @@ def export_space(out: str | Path, checkpoint: str | Path, title: str = "MultiMAE
     named = record_of(checkpoint) is not None and not Path(checkpoint).exists()
     source = None if named else checkpoint_file(checkpoint)
     stored = str(checkpoint) if named else f"model{source.suffix}"
-    requirement = requirement or f"multimae=={__version__}"
+    lines = [requirement or f"multimae=={__version__}", *(_plugin_requirements(source) if source else [])]
     files = {
-        "README.md": README.format(title=title, port=PORT, checkpoint=checkpoint),
+        "README.md": README.format(title=title, port=PORT, checkpoint=stored),
         "app.py": APP.format(checkpoint=stored, port=PORT),
-        "requirements.txt": f"{requirement}\n",
+        "requirements.txt": "".join(f"{line}\n" for line in lines),
         "Dockerfile": DOCKERFILE.format(port=PORT),
     }
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # renamed into place when whole
@@ -101,3 +102,19 @@ def export_space(out: str | Path, checkpoint: str | Path, title: str = "MultiMAE
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return {"folder": str(out), "checkpoint": stored, "files": sorted([*files, *([stored] if source else [])])}
+
+
+def _plugin_requirements(checkpoint: Path) -> list[str]:
+    """The third-party plugin distributions (name==version) the checkpoint records for its modalities and task:
+    the Space must install them too."""
+    import json
+
+    from ...formats.load import PLUGINS_KEY
+    from ...formats.native import is_safetensors, read_metadata
+
+    if not is_safetensors(checkpoint):
+        return []
+    origins = json.loads(read_metadata(checkpoint).get(PLUGINS_KEY) or "{}")
+    found = [origin for group in origins.values() if isinstance(group, dict) for origin in group.values()
+             if isinstance(origin, dict) and origin.get("distribution") not in (None, "multimae")]
+    return sorted({f"{o['distribution']}=={o['version']}" if o.get("version") else o["distribution"] for o in found})
