@@ -288,6 +288,15 @@ def test_page_in_a_real_browser(server, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "visible-rgb").text == f"{start + 4} / 15 visible")
         driver.find_element(By.ID, "example-scene-2").click()
         wait.until(lambda d: "scene-2" in d.find_element(By.ID, "status-depth").text)
+        driver.find_element(By.ID, "mode-dirichlet").click()  # budgets drawn for the total, shown on the sliders
+        total = driver.find_element(By.ID, "total")
+        total.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT, Keys.ARROW_RIGHT, Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+
+        def spent(d) -> int:
+            texts = [d.find_element(By.ID, f"visible-{name}").text for name in ("rgb", "depth", "semseg")]
+            return sum(int(text.split(" / ")[0]) for text in texts if text)
+
+        wait.until(lambda d: spent(d) == int(total.get_attribute("value")) == 6)
         driver.save_screenshot(str(tmp_path / "demo.png"))
         console = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
         assert console == []
