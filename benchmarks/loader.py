@@ -167,7 +167,8 @@ def disk_bytes(paths: list[Path]) -> tuple[int, int]:
 def shards_main(args) -> None:
     from multimae_cli.data.datasets import make_loader
     from multimae_cli.data.folder import FolderDataset
-    from multimae_cli.data.shards import ShardDataset, ShardSampler, write_shards
+    from multimae_cli.data.shard_writer import write_shards
+    from multimae_cli.data.shards import ShardDataset, ShardSampler
     from multimae_cli.data.synthetic.io import MODALITIES, write_synthetic
     from multimae_cli.data.transforms import MultiModalTransform, to_device
     from multimae_cli.plugin.registry import get_registry

@@ -15,7 +15,8 @@ from test_pretrain import metrics, tiny, weights
 
 from multimae_cli.data.datasets import open_dataset
 from multimae_cli.data.folder import FolderDataset
-from multimae_cli.data.shards import ShardDataset, ShardSampler, check_shards, write_shards
+from multimae_cli.data.shard_writer import write_shards
+from multimae_cli.data.shards import ShardDataset, ShardSampler, check_shards
 from multimae_cli.data.synthetic.io import write_synthetic
 from multimae_cli.data.transforms import MultiModalTransform
 from multimae_cli.errors import InputError, TrainingStopped

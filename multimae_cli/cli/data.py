@@ -138,7 +138,7 @@ def _add_shard_command(data: typer.Typer) -> None:
         instead of several small ones per sample. Every file is read (checked) and stored as it is."""
         size = parse_bytes(shard_size)
         chosen = parse_modalities(modalities)
-        from ..data.shards import write_shards
+        from ..data.shard_writer import write_shards
         from .output import progress
 
         with progress(quiet or as_json) as bar:

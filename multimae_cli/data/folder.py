@@ -114,13 +114,19 @@ def scan_split(root: str | Path, modalities: Mapping[str, Modality]) -> FolderIn
 
 def read_checked(path: Path, modality: Modality, classes: int | None = None, data: bytes | None = None
                  ) -> np.ndarray:
-    """The plugin's `read` (or its `decode` of `data`, the file's bytes, when it has one), plus the checks every
+    """The plugin's `read` of `path`, or, given `data` (the bytes of a file named `path`: a shard member, an
+    upload), its `decode` of them (its `read` of a temporary file when it has no `decode`); plus the checks every
     modality gets: finite floats, labels within the classes (the dataset's declared `classes` where it lists fewer
     than the modality has)."""
     if modality.read is None:
         raise InputError(f"{path}: modality {modality.name!r} has no file reader")
     try:
-        array = modality.read(path) if data is None else modality.decode(data, str(path))
+        if data is None:
+            array = modality.read(path)
+        elif modality.decode is not None:
+            array = modality.decode(data, str(path))
+        else:
+            array = _read_through_file(modality, Path(path).suffix, data)
     except InputError:
         raise
     except Exception as exc:  # a plugin's reader failing on a bad file is still a bad file
@@ -132,6 +138,18 @@ def read_checked(path: Path, modality: Modality, classes: int | None = None, dat
         where = "dataset.json declares" if limit < modality.channels else f"of {modality.name!r}"
         raise InputError(f"{path}: label values [{array.min()}, {array.max()}] outside the {limit} classes {where}")
     return array
+
+
+def _read_through_file(modality: Modality, suffix: str, data: bytes) -> np.ndarray:
+    """For a plugin that only reads files: the bytes in a temporary file (in memory where /dev/shm is)."""
+    import os
+    import tempfile
+
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.NamedTemporaryFile(suffix=suffix, dir=folder) as file:
+        file.write(data)
+        file.flush()
+        return modality.read(Path(file.name))
 
 
 def find_splits(root: Path, modalities: Mapping[str, Modality]) -> list[str]:
@@ -156,6 +174,26 @@ def epoch_and_index(item: int | tuple[int, int]) -> tuple[int, int]:
     epoch travels with each index because a persistent loader worker keeps the copy of the dataset it started
     with: an epoch set on the dataset in the training process later would never reach it."""
     return item if isinstance(item, tuple) else (0, item)
+
+
+def augmented_item(dataset, item: int | tuple[int, int]):
+    """Item `index` (or `(epoch, index)`) of a file dataset (`FolderDataset`, `ShardDataset`): its `read`, the
+    next readable sample in its place with `skip_bad` (counted in `skipped`), then the augmentation drawn from
+    `(seed, epoch, index)`."""
+    epoch, index = epoch_and_index(item)
+    for attempt in range(len(dataset)):
+        try:
+            sample = dataset.read((index + attempt) % len(dataset))
+            break
+        except InputError:
+            if not dataset.skip_bad:
+                raise
+            dataset.skipped += 1
+    else:
+        raise InputError(f"{dataset.root}: no readable sample")
+    if dataset.transform is None:
+        return sample
+    return dataset.transform(sample, np.random.default_rng([dataset.seed, epoch, index]))
 
 
 class FolderDataset:
@@ -205,18 +243,4 @@ class FolderDataset:
         return sample
 
     def __getitem__(self, item: int | tuple[int, int]):
-        epoch, index = epoch_and_index(item)
-        for attempt in range(len(self)):
-            i = (index + attempt) % len(self)
-            try:
-                sample = self.read(i)
-                break
-            except InputError:
-                if not self.skip_bad:
-                    raise
-                self.skipped += 1
-        else:
-            raise InputError(f"{self.index.root}: no readable sample")
-        if self.transform is None:
-            return sample
-        return self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
+        return augmented_item(self, item)

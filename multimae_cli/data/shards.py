@@ -1,18 +1,15 @@
 """Sharded datasets: a multi-modal folder packed into tar shards (the webdataset layout), read without unpacking.
 
-`multimae data shard ROOT --out SHARDS/` writes each split as `<split>-NNNNNN.tar` files of about a target size:
-the samples in the folder's sorted key order, each sample's files side by side as `<index>.<modality><suffix>`
-(their original bytes, nothing re-encoded), beside `<split>-NNNNNN.json` (each sample's key and byte offset),
-`index.json` (splits, shards, sample counts, modalities) and the folder's `dataset.json`. Any tar reader, and
-webdataset, reads the shards as they are.
+The layout (`shard_writer.py` writes it): each split as `<split>-NNNNNN.tar` files, each sample's files side by
+side as `<index>.<modality><suffix>` (their original bytes), beside `<split>-NNNNNN.json` (each sample's key and
+byte offset), `index.json` (splits, shards, sample counts, modalities) and the folder's `dataset.json`.
 
 `ShardDataset` is a `FolderDataset` over shards: item `i` is the folder's sample `i`, read at its offset, with the
 same augmentation (a function of seed, epoch, index). `ShardSampler` gives training its streaming order: each
 epoch the shards are shuffled by (seed, epoch) and cut into one run of consecutive shards per rank, and each
 rank's samples pass through a shuffle buffer seeded by (seed, epoch, rank), so reads stay within a window of a
-few shards. The order is a
-pure function of the seed, computed from the index alone: a resumed run starts at its batch without reading
-what came before, and the order does not depend on the number of loader workers.
+few shards. The order is a pure function of the seed, computed from the index alone: a resumed run starts at its
+batch without reading what came before, and the order does not depend on the number of loader workers.
 """
 
 from __future__ import annotations
@@ -21,12 +18,8 @@ import bisect
 import json
 import os
 import random
-import shutil
-import tarfile
-import tempfile
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io import atomic_write_bytes, writing
 from ..plugin.modality import Modality
-from .folder import epoch_and_index, find_splits, frame_problems, read_checked, scan_split
+from .folder import augmented_item, frame_problems, read_checked
 
 INDEX = "index.json"
 FORMAT = "multimae-shards"
@@ -45,7 +37,7 @@ OPEN_SHARDS = 64  # descriptors a process keeps open (a window of a few shards i
 
 
 def is_shards(path: str | Path | None) -> bool:
-    """Whether `path` is a folder written by `write_shards`."""
+    """Whether `path` is a folder written by `shard_writer.write_shards`."""
     return path is not None and (Path(path) / INDEX).is_file()
 
 
@@ -60,151 +52,6 @@ def read_index(root: str | Path) -> dict[str, Any]:
     if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("splits"), dict):
         raise InputError(f"{path}: not a multimae shard index (format {FORMAT!r})")
     return index
-
-
-# ---------------------------------------------------------------------------------------------- writing
-
-
-def write_shards(root: str | Path, out: str | Path, modalities: Mapping[str, Modality], shard_bytes: int,
-                 splits: list[str] | None = None, skip_bad: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Pack the folder dataset `root` into shards under `out` (which must not exist: it appears whole or not at
-    all). Every file is read by its plugin first, so a bad file stops the run naming it (`skip_bad`: the sample
-    is left out and listed)."""
-    root, out = Path(root), Path(out)
-    if out.exists():
-        raise InputError(f"--out {out}: already exists; give a new folder")
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist")
-    if shard_bytes < BLOCK * 4:
-        raise InputError(f"--shard-size must be at least {BLOCK * 4} bytes, got {shard_bytes}")
-    dotted = [name for name in modalities if "." in name]
-    if dotted:
-        raise InputError(f"--modalities {dotted[0]}: a modality stored in shards must have no '.' in its name "
-                         "(members are named <index>.<modality><suffix>)")
-    splits = splits or find_splits(root, modalities)
-    if not splits:
-        raise InputError(f"{root}: no split folder with any of {', '.join(modalities)}")
-    scanned = {split: scan_split(root / split, modalities) for split in splits}
-    total = sum(len(index.keys) for index in scanned.values())
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    started, written, skipped, writers = time.perf_counter(), 0, [], []
-    try:
-        index: dict[str, Any] = {"format": FORMAT, "version": 1, "modalities": list(modalities), "splits": {}}
-        for split, found in scanned.items():
-            if found.missing and not skip_bad:
-                name, keys = next(iter(found.missing.items()))
-                raise InputError(f"{found.root / name}: no file for {keys[0]!r} (pass --skip-bad to leave such "
-                                 "samples out)")
-            skipped += [f"{found.root / name}: no file for {key!r}" for name, keys in found.missing.items()
-                        for key in keys]
-            writer = _ShardWriter(staging, split, shard_bytes)
-            writers.append(writer)
-            for key in found.keys:
-                files = {name: found.files[name][key] for name in modalities}
-                try:
-                    stored = {name: (path.suffix.lower(), _file_data(path)) for name, path in files.items()}
-                    problems = frame_problems({name: (path, _checked(path, modalities[name], found.classes,
-                                                                     stored[name][1]).shape[:2])
-                                               for name, path in files.items()})
-                    if problems:
-                        raise InputError(problems[0])
-                except InputError as exc:
-                    if not skip_bad:
-                        raise
-                    skipped.append(str(exc))
-                else:
-                    writer.add(key, stored)
-                if progress:
-                    progress(1, total)
-            packed = writer.close()
-            if packed["samples"] == 0:
-                raise InputError(f"{found.root}: no sample left to pack (all {len(found.keys)} were bad)")
-            index["splits"][split] = packed
-            written += packed["bytes"]
-        dataset_json = root / "dataset.json"
-        if dataset_json.is_file():
-            try:
-                index["dataset"] = json.loads(dataset_json.read_text())
-            except ValueError as exc:
-                raise InputError(f"{dataset_json}: not JSON ({exc})") from None
-            atomic_write_bytes(staging / "dataset.json", dataset_json.read_bytes())
-        atomic_write_bytes(staging / INDEX, json.dumps(index, indent=1).encode())
-        staging.rename(out)
-    except BaseException:
-        for writer in writers:
-            writer.abandon()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    seconds = time.perf_counter() - started
-    counts = {split: {"samples": info["samples"], "shards": len(info["shards"]), "bytes": info["bytes"]}
-              for split, info in index["splits"].items()}
-    return {"out": str(out), "splits": counts, "bytes": written, "seconds": round(seconds, 2),
-            "mb_per_s": round(written / 1e6 / max(seconds, 1e-9), 1), "skipped": len(skipped),
-            "skipped_files": skipped}
-
-
-def _file_data(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _checked(path: Path, modality: Modality, classes: int | None, data: bytes) -> np.ndarray:
-    """The file decoded from the bytes about to be stored (by `read` where the plugin has no `decode`)."""
-    return read_checked(path, modality, classes, data if modality.decode is not None else None)
-
-
-class _ShardWriter:
-    """Appends samples to `<split>-NNNNNN.tar`, starting a new shard past the target size."""
-
-    def __init__(self, folder: Path, split: str, shard_bytes: int) -> None:
-        self.folder, self.split, self.shard_bytes = folder, split, shard_bytes
-        self.shards: list[dict[str, Any]] = []
-        self.count = 0
-        self.file = None
-
-    def add(self, key: str, members: Mapping[str, tuple[str, bytes]]) -> None:
-        if self.file is None or self.file.tell() >= self.shard_bytes:
-            self._finish()
-            name = f"{self.split}-{len(self.shards):06d}.tar"
-            self.path = self.folder / name
-            with writing(self.path):
-                self.file = open(self.path, "wb")  # noqa: SIM115 (closed in _finish)
-            self.shards.append({"file": name, "samples": 0, "bytes": 0, "first": self.count})
-            self.keys, self.offsets = [], []
-        self.keys.append(key)
-        self.offsets.append(self.file.tell())
-        with writing(self.path):
-            for modality, (suffix, data) in members.items():
-                info = tarfile.TarInfo(f"{self.count:09d}.{modality}{suffix}")
-                info.size, info.mode, info.mtime = len(data), 0o644, 0
-                self.file.write(info.tobuf(format=tarfile.USTAR_FORMAT))
-                self.file.write(data + bytes(-len(data) % BLOCK))
-        self.shards[-1]["samples"] += 1
-        self.count += 1
-
-    def _finish(self) -> None:
-        if self.file is None:
-            return
-        with writing(self.path):
-            self.file.write(bytes(2 * BLOCK))  # the end-of-archive marker
-            self.shards[-1]["bytes"] = self.file.tell()
-            self.file.close()
-        sidecar = self.path.with_suffix(".json")
-        atomic_write_bytes(sidecar, json.dumps({"keys": self.keys, "offsets": self.offsets}).encode())
-        self.file = None
-
-    def abandon(self) -> None:
-        """Close the shard being written (the run failed; the staging folder is removed)."""
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-    def close(self) -> dict[str, Any]:
-        self._finish()
-        return {"samples": self.count, "bytes": sum(s["bytes"] for s in self.shards), "shards": self.shards}
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -308,17 +155,13 @@ class ShardDataset:
         return out
 
     def read(self, index: int) -> dict[str, np.ndarray]:
-        """Sample `index` decoded by the plugins: `decode` of the bytes where a plugin has it, else its `read` of
-        a temporary file (in memory where /dev/shm is)."""
+        """Sample `index` decoded by the plugins (`read_checked` of each member's bytes)."""
         sample, shapes = {}, {}
         shard = f"{self.root}/{self.shards[self.locate(index)[0]]['file']}: {self.key(index)}"
         for name, (suffix, data) in self.members(index).items():
             modality, member = self.modalities[name], f"{shard} {name}{suffix}"
             try:
-                if modality.decode is not None:
-                    sample[name] = read_checked(Path(f"{name}{suffix}"), modality, self.classes, data)
-                else:
-                    sample[name] = _read_through_file(modality, suffix, data, self.classes)
+                sample[name] = read_checked(Path(f"{name}{suffix}"), modality, self.classes, data)
             except InputError as exc:
                 raise InputError(f"{member}: {str(exc).split(': ', 1)[-1]}") from None
             shapes[name] = (member, sample[name].shape[:2])
@@ -328,29 +171,7 @@ class ShardDataset:
         return sample
 
     def __getitem__(self, item: int | tuple[int, int]):
-        epoch, index = epoch_and_index(item)
-        for attempt in range(len(self)):
-            try:
-                sample = self.read((index + attempt) % len(self))
-                break
-            except InputError:
-                if not self.skip_bad:
-                    raise
-                self.skipped += 1
-        else:
-            raise InputError(f"{self.root}: no readable sample")
-        if self.transform is None:
-            return sample
-        return self.transform(sample, np.random.default_rng([self.seed, epoch, index]))
-
-
-def _read_through_file(modality: Modality, suffix: str, data: bytes, classes: int | None) -> np.ndarray:
-    """A plugin without `decode` reads files: the member goes to a temporary file (removed after the read)."""
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.NamedTemporaryFile(suffix=suffix, dir=folder) as file:
-        file.write(data)
-        file.flush()
-        return read_checked(Path(file.name), modality, classes)
+        return augmented_item(self, item)
 
 
 def _member_header(header: bytes) -> tuple[str, int]:

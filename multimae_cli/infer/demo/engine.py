@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -113,11 +112,9 @@ class Demo:
             _check_size(*declared, filename)
         from ...data.folder import read_checked
 
-        with self._decoding, tempfile.TemporaryDirectory() as folder:  # a few decodes at a time: memory stays bounded
-            path = Path(folder) / f"upload{suffix}"
-            path.write_bytes(data)
+        with self._decoding:  # a few decodes at a time: memory stays bounded
             try:
-                array = read_checked(path, self.predictor.modalities[modality])
+                array = read_checked(Path(f"upload{suffix}"), self.predictor.modalities[modality], data=data)
             except InputError as exc:
                 raise DemoError(f"{filename}: {str(exc).split(': ', 1)[-1]}") from None
         _check_size(array.shape[0], array.shape[1], filename)
@@ -153,12 +150,12 @@ class Demo:
 
     def _draw(self, modality: str, array: np.ndarray) -> np.ndarray | None:
         """A file-space array as its plugin draws it (None when the plugin has no colour map)."""
-        from ...data.transforms import to_tensor
+        from ...data.transforms import normalize_sample, to_tensor
 
         plugin = self.predictor.modalities[modality]
         if plugin.colorize is None:
             return None
-        return plugin.colorize(plugin.normalize(to_tensor(array, plugin).unsqueeze(0))[0])
+        return plugin.colorize(normalize_sample({modality: to_tensor(array, plugin)}, {modality: plugin})[modality])
 
     # ------------------------------------------------------------------ predictions
 
